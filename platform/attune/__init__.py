@@ -1,0 +1,7 @@
+"""attune: learn and serve personalized loan-servicing rankings on Ray."""
+
+from attune.data.spec import FeatureSpec
+from attune.errors import AttuneError
+
+__all__ = ["AttuneError", "FeatureSpec"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Servicing histories -> ranking datasets: schema, simulator, features, Ray Data pipeline."""

@@ -1,0 +1,1 @@
+"""Experiments: assignment, A/B analysis, bandit policies, off-policy evaluation."""

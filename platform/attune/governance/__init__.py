@@ -1,0 +1,1 @@
+"""Responsible AI: fairness, reason codes, drift monitoring, model cards."""

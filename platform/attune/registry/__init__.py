@@ -1,0 +1,1 @@
+"""The model registry: immutable versions and movable aliases (local or s3://)."""

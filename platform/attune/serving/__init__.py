@@ -1,0 +1,1 @@
+"""Ray Serve ranking app: champion, canary, shadow, guardrails, decision log."""

@@ -1,0 +1,51 @@
+"""Environment-driven settings, read in one place with one prefix (``ATTUNE_``).
+
+Ray's and AWS's own variables (``RAY_ADDRESS``, ``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID`` …) keep their standard names and are read by Ray and boto3
+themselves; attune only reads them here when it must pass them on.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process-wide settings. Override with ``ATTUNE_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ATTUNE_", extra="ignore")
+
+    store: str = Field(
+        default=str(Path.cwd() / ".attune"),
+        description="Root URI of the artifact store (local directory or s3://bucket/prefix).",
+    )
+    ray_address: str | None = Field(
+        default_factory=lambda: os.environ.get("RAY_ADDRESS"),
+        description="Ray cluster to join; unset starts a local Ray in-process.",
+    )
+    s3_max_attempts: int = Field(default=5, ge=1, le=20, description="Attempts per S3 call.")
+    s3_backoff_s: float = Field(
+        default=0.2, gt=0, le=10, description="Initial back-off between S3 attempts (doubles)."
+    )
+    borrower_salt: str = Field(
+        default="attune-default-salt",
+        description="Salt for hashing borrower ids in logs and metrics.",
+    )
+    api_token: str | None = Field(
+        default=None, description="Bearer token required by the ingress when set."
+    )
+
+    @property
+    def aws_endpoint_url(self) -> str | None:
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process (cached; call ``get_settings.cache_clear()`` in tests)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps of XGBoost rankers, evaluation and ONNX export."""

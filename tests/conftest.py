@@ -1,0 +1,40 @@
+"""Shared fixtures: seeded randomness and small helpers (no Ray here)."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    random.seed(0)
+    np.random.seed(0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], object], *, timeout: float = 60.0, interval: float = 0.2, what: str = ""
+) -> object:
+    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the condition may fail while the thing starts
+            last_exc = exc
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what or condition}: {last_exc}")

@@ -1,0 +1,61 @@
+"""Integration fixtures: one real S3 server and one two-node local Ray cluster per session.
+
+The S3 server starts first so that its ``AWS_*`` variables are in the environment that
+every Ray worker inherits. The cluster has two nodes (``ray.cluster_utils.Cluster``)
+so tests can show work spreading across nodes; everything else just uses it as "Ray".
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.s3server import S3Server, start_s3_server
+
+CPUS_PER_NODE = 2
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    from attune.settings import get_settings
+
+    server = start_s3_server()
+    get_settings.cache_clear()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh bucket on the session's S3 server; returns ``s3://bucket``."""
+    from attune import storage
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: S3Server) -> Iterator[object]:
+    """A two-node local Ray cluster shared by the whole session (logical CPUs per node: 2)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": CPUS_PER_NODE,
+            "object_store_memory": 1_000_000_000,
+            "include_dashboard": False,
+        },
+    )
+    cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=1_000_000_000)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
