@@ -17,7 +17,8 @@ report them without parsing messages. Categories map to HTTP status codes::
     │   ├── ParityError                        ONNX export disagrees with native XGBoost
     │   └── GateRefused                        a promotion gate (fairness, OPE) said no
     ├── Unavailable                     (503)  a dependency is down after retries
-    │   └── StoreUnavailable
+    │   ├── StoreUnavailable
+    │   └── ArtifactCorrupted                  a stored file does not match its manifest
     └── Forbidden                       (403)
         └── StoreAccessDenied
 """
@@ -159,6 +160,22 @@ class StoreUnavailable(Unavailable):
             uri=uri,
             attempts=attempts,
             cause=cause,
+        )
+
+
+class ArtifactCorrupted(Unavailable):
+    """A stored artifact is missing, truncated or altered: it does not match its manifest."""
+
+    def __init__(
+        self, *, uri: str, problem: str, expected_sha256: str, actual_sha256: str | None
+    ) -> None:
+        super().__init__(
+            f"{uri}: corrupted artifact: {problem} "
+            f"(expected sha256 {expected_sha256}, got {actual_sha256})",
+            uri=uri,
+            problem=problem,
+            expected_sha256=expected_sha256,
+            actual_sha256=actual_sha256,
         )
 
 

@@ -120,15 +120,18 @@ def write_bytes(uri: str, data: bytes, *, overwrite: bool = True) -> None:
     if not is_s3(uri):
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         if not overwrite:
+            # Stage the full content, then hard-link it into place: link() fails if the
+            # target exists, and a reader never sees a half-written file.
+            tmp.write_bytes(data)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                os.link(tmp, path)
             except FileExistsError as exc:
                 raise Conflict(f"{uri}: already exists", uri=uri) from exc
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            finally:
+                tmp.unlink()
             return
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return
