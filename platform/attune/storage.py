@@ -148,7 +148,9 @@ def read_json(uri: str) -> Any:
 
 
 def write_json(uri: str, obj: Any, *, overwrite: bool = True) -> None:
-    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), overwrite=overwrite)
+    write_bytes(
+        uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), overwrite=overwrite
+    )
 
 
 def exists(uri: str) -> bool:

@@ -164,7 +164,14 @@ _DOMAINS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 _NOT_NULL: dict[str, tuple[str, ...]] = {
     "events": ("event_id", "borrower_id", "ts", "event_type"),
-    "presentations": ("presentation_id", "borrower_id", "ts", "option_id", "position", "propensity"),
+    "presentations": (
+        "presentation_id",
+        "borrower_id",
+        "ts",
+        "option_id",
+        "position",
+        "propensity",
+    ),
     "borrowers": ("borrower_id",),
     "loans": ("loan_id", "borrower_id"),
     "protected": ("borrower_id",),
