@@ -1,0 +1,410 @@
+"""The Ray Tune sweep of XGBoost rankers.
+
+:func:`run_sweep` puts the train and validation arrays into the object store once
+(``tune.with_parameters``), samples :func:`~attune.training.search_space.search_space`
+with Optuna (seeded, behind a ``ConcurrencyLimiter``), and runs every trial as a Ray
+task with the resources of :meth:`TuneConfig.trial_resources`; XGBoost's ``nthread``
+is the CPU count the trial was given, so trials pack onto nodes without
+oversubscribing them and a multi-node cluster runs more of them at once. Each boosting
+round is reported through Ray's XGBoost Tune callback, so ASHA can stop weak trials
+after ``grace_period`` rounds; early stopping on validation NDCG ends a trial that
+stalls; the final checkpoint holds every round trained and :func:`load_checkpoint`
+cuts it to the best one.
+
+Every report also carries the node id and thread count of the trial, the boosting
+round it belongs to, and whether it is the end-of-training report (which repeats the
+last round's metrics along with the checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from attune import storage
+from attune.training.config import TuneConfig
+from attune.training.dataset import RankingSplit
+from attune.training.search_space import (
+    EVAL_METRICS,
+    SWEEP_METRIC,
+    SWEEP_METRIC_SOURCE,
+    RankerParams,
+    search_space,
+    training_labels,
+    xgb_params,
+)
+
+_MODE = "max"
+
+
+@dataclass(frozen=True)
+class _SweepData:
+    """What every trial reads from the object store: the two splits as arrays."""
+
+    train_X: np.ndarray
+    train_label: np.ndarray
+    train_qid: np.ndarray
+    valid_X: np.ndarray
+    valid_label: np.ndarray
+    valid_qid: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One trial of a sweep: its point, its validation curve and where it ran."""
+
+    trial_id: str
+    params: dict[str, Any]
+    curve: tuple[float, ...]  # validation NDCG after each boosting round
+    node_id: str
+    nthread: int
+    checkpoint: str | None  # path of the trial's final (best-round) checkpoint
+    error: str | None = None
+
+    @property
+    def rounds(self) -> int:
+        """Boosting rounds this trial trained (its compute, in trial-iterations)."""
+        return len(self.curve)
+
+    @property
+    def best_ndcg(self) -> float:
+        return max(self.curve) if self.curve else -math.inf
+
+    @property
+    def best_round(self) -> int:
+        """1-based boosting round with the best validation NDCG (first one on ties)."""
+        return int(np.argmax(self.curve)) + 1 if self.curve else 0
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Every trial of a sweep, the winner (best validation NDCG) and where state lives."""
+
+    trials: tuple[TrialSummary, ...]
+    best: TrialSummary
+    experiment_path: str
+    scheduler: str
+    max_rounds: int
+
+    @property
+    def total_rounds(self) -> int:
+        """Trial-iterations the sweep spent (boosting rounds summed over trials)."""
+        return sum(t.rounds for t in self.trials)
+
+    @property
+    def node_ids(self) -> frozenset[str]:
+        return frozenset(t.node_id for t in self.trials if t.node_id)
+
+
+def run_sweep(
+    train: RankingSplit,
+    valid: RankingSplit,
+    *,
+    config: TuneConfig,
+    name: str,
+    storage_uri: str,
+) -> SweepResult:
+    """Run ``config.trials`` trials on the connected Ray cluster and summarize them.
+
+    ``storage_uri`` (local dir or s3://) holds Tune's experiment state and checkpoints
+    under ``name``; it must be reachable from every node. Ray must already be
+    initialized. Raises :class:`~attune.errors.Unavailable` when no trial finished a
+    single round.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+    from ray.tune.search import ConcurrencyLimiter, Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from attune.errors import Unavailable
+
+    data = _SweepData(
+        train_X=train.X,
+        train_label=train.label,
+        train_qid=train.qid,
+        valid_X=valid.X,
+        valid_label=valid.label,
+        valid_qid=valid.qid,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _run_trial,
+            data=data,
+            device=config.device,
+            seed=config.seed,
+            max_rounds=config.max_rounds,
+            early_stopping_rounds=config.early_stopping_rounds,
+        ),
+        config.trial_resources(),
+    )
+    searcher: Searcher = OptunaSearch(metric=SWEEP_METRIC, mode=_MODE, seed=config.seed)
+    if config.max_concurrent is not None:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=config.max_concurrent)
+    scheduler: TrialScheduler
+    if config.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=config.max_rounds,
+            grace_period=config.grace_period,
+            reduction_factor=config.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    fs, path = storage.pyarrow_filesystem(storage_uri)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(),
+        tune_config=tune.TuneConfig(
+            metric=SWEEP_METRIC,
+            mode=_MODE,
+            num_samples=config.trials,
+            search_alg=searcher,
+            scheduler=scheduler,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    grid = tuner.fit()
+    trials = tuple(_summarize(grid[i]) for i in range(len(grid)))
+    finished = [t for t in trials if t.curve]
+    if not finished:
+        errors = [t.error for t in trials if t.error]
+        raise Unavailable(
+            f"no trial of sweep {name!r} finished a boosting round", name=name, errors=errors
+        )
+    best = max(finished, key=lambda t: t.best_ndcg)
+    return SweepResult(
+        trials=trials,
+        best=best,
+        experiment_path=grid.experiment_path,
+        scheduler=config.scheduler,
+        max_rounds=config.max_rounds,
+    )
+
+
+def _run_trial(
+    config: dict[str, Any],
+    *,
+    data: _SweepData,
+    device: str,
+    seed: int,
+    max_rounds: int,
+    early_stopping_rounds: int,
+) -> None:
+    """One trial: train a ranker on the shared arrays, reporting every round to Tune."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.xgboost import TuneReportCheckpointCallback
+
+    resources = tune.get_context().get_trial_resources().required_resources
+    nthread = max(1, int(resources.get("CPU", 1)))
+    params = xgb_params(config, nthread=nthread, device=device, seed=seed)  # type: ignore[arg-type]
+    dtrain = xgb.DMatrix(
+        data.train_X,
+        label=training_labels(data.train_label, params["objective"]),
+        qid=data.train_qid,
+        nthread=nthread,
+    )
+    dvalid = xgb.DMatrix(
+        data.valid_X, label=data.valid_label.astype(np.float32), qid=data.valid_qid, nthread=nthread
+    )
+    tracker = _RoundTracker(node_id=ray.get_runtime_context().get_node_id(), nthread=nthread)
+    xgb.train(
+        params,
+        dtrain,
+        num_boost_round=max_rounds,
+        evals=[(dvalid, "valid")],
+        verbose_eval=False,
+        callbacks=[
+            # Ordered: XGBoost stops asking callbacks after the first one that ends
+            # training, so early stopping goes last and every round is reported; the
+            # tracker marks the end-of-training report that carries the checkpoint.
+            tracker,
+            TuneReportCheckpointCallback(
+                metrics={SWEEP_METRIC: SWEEP_METRIC_SOURCE, "valid_ndcg1": "valid-ndcg@1"},
+                frequency=0,
+                checkpoint_at_end=True,
+                results_postprocessing_fn=tracker.tag,
+            ),
+            xgb.callback.EarlyStopping(
+                rounds=early_stopping_rounds,
+                metric_name=EVAL_METRICS[-1],
+                data_name="valid",
+                maximize=True,
+            ),
+        ],
+    )
+
+
+class _RoundTracker(xgb.callback.TrainingCallback):
+    """Adds round, node id, thread count and an end-of-training flag to every report."""
+
+    def __init__(self, *, node_id: str, nthread: int) -> None:
+        self.node_id = node_id
+        self.nthread = nthread
+        self.round = 0
+        self.final = False
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.round = epoch + 1
+        return False
+
+    def after_training(self, model: Any) -> Any:
+        self.final = True
+        return model
+
+    def tag(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **report,
+            "round": self.round,
+            "final": int(self.final),
+            "node_id": self.node_id,
+            "nthread": self.nthread,
+        }
+
+
+def _summarize(result: Any) -> TrialSummary:
+    """A :class:`TrialSummary` from one Tune ``Result``."""
+    df = result.metrics_dataframe
+    config = dict(result.config or {})
+    error = repr(result.error) if result.error is not None else None
+    if df is None or df.empty or SWEEP_METRIC not in df:
+        return TrialSummary(
+            trial_id=str(config.get("trial_id", result.path)),
+            params=config,
+            curve=(),
+            node_id="",
+            nthread=0,
+            checkpoint=None,
+            error=error,
+        )
+    rounds = df[df.get("final", 0) == 0] if "final" in df else df
+    rounds = rounds.drop_duplicates(subset="round", keep="first") if "round" in rounds else rounds
+    last = df.iloc[-1]
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    return TrialSummary(
+        trial_id=str(last.get("trial_id", "")),
+        params=RankerParams.parse(config).model_dump(),
+        curve=tuple(float(v) for v in rounds[SWEEP_METRIC]),
+        node_id=str(last.get("node_id", "")),
+        nthread=int(last.get("nthread", 0)),
+        checkpoint=checkpoint,
+        error=error,
+    )
+
+
+def load_checkpoint(trial: TrialSummary, *, storage_uri: str) -> Any:
+    """The booster of ``trial``'s final checkpoint, cut to its best round; None without one."""
+    if trial.checkpoint is None:
+        return None
+    from ray.tune import Checkpoint
+    from ray.tune.integration.xgboost import TuneReportCheckpointCallback
+
+    fs, _ = storage.pyarrow_filesystem(storage_uri)
+    booster: xgb.Booster = TuneReportCheckpointCallback.get_model(
+        Checkpoint(trial.checkpoint, filesystem=fs)
+    )
+    # The checkpoint holds every round trained, up to early stopping's patience past
+    # the best one; the model is the best round's prefix of the ensemble.
+    return booster[: trial.best_round]
+
+
+def retrain(
+    trial: TrialSummary,
+    train: RankingSplit,
+    *,
+    config: TuneConfig,
+    nthread: int,
+) -> Any:
+    """Train ``trial``'s point for its best number of rounds on the driver."""
+    params = xgb_params(trial.params, nthread=nthread, device=config.device, seed=config.seed)
+    dtrain = xgb.DMatrix(
+        train.X, label=training_labels(train.label, params["objective"]), qid=train.qid
+    )
+    return xgb.train(params, dtrain, num_boost_round=max(1, trial.best_round))
+
+
+def print_table(sweep: SweepResult) -> str:
+    """Print the results table (rich) and return its plain-text rendering."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep: {len(sweep.trials)} trials ({sweep.scheduler})")
+    for column in (
+        "trial",
+        "objective",
+        "pairs",
+        "depth",
+        "eta",
+        "mcw",
+        "subsample",
+        "colsample",
+        "rounds",
+        "best round",
+        "valid NDCG@3",
+        "node",
+    ):
+        table.add_column(column, justify="left" if column in ("trial", "objective") else "right")
+    for t in sorted(sweep.trials, key=lambda t: -t.best_ndcg):
+        p = t.params
+        mark = " *" if t is sweep.best else ""
+        table.add_row(
+            t.trial_id + mark,
+            str(p.get("objective", "?")),
+            f"{p.get('lambdarank_pair_method')}/{p.get('lambdarank_num_pair_per_sample')}",
+            str(p.get("max_depth", "?")),
+            f"{p.get('eta', math.nan):.3f}",
+            f"{p.get('min_child_weight', math.nan):.2f}",
+            f"{p.get('subsample', math.nan):.2f}",
+            f"{p.get('colsample_bytree', math.nan):.2f}",
+            str(t.rounds),
+            str(t.best_round),
+            f"{t.best_ndcg:.4f}" if t.curve else (t.error or "no result")[:40],
+            t.node_id[:8],
+        )
+    console = Console(record=True, width=140)
+    console.print(table)
+    console.print(
+        f"best: {sweep.best.trial_id} valid NDCG@3 {sweep.best.best_ndcg:.4f} at round "
+        f"{sweep.best.best_round}; {sweep.total_rounds} trial-iterations in all"
+    )
+    return console.export_text()
+
+
+def plot_curves(sweep: SweepResult, path: str | Path) -> Path:
+    """Write a PNG of validation NDCG per trial per round (winner highlighted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for t in sweep.trials:
+        if not t.curve:
+            continue
+        rounds = np.arange(1, t.rounds + 1)
+        if t is sweep.best:
+            ax.plot(rounds, t.curve, color="black", linewidth=2.2, label=f"best {t.trial_id}")
+        else:
+            ax.plot(rounds, t.curve, linewidth=1.0, alpha=0.6)
+    ax.set_xlabel("boosting round")
+    ax.set_ylabel("validation NDCG@3")
+    ax.set_title(f"{len(sweep.trials)} trials, {sweep.scheduler}: {sweep.total_rounds} rounds")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
