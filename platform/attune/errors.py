@@ -167,7 +167,7 @@ class ArtifactCorrupted(Unavailable):
     """A stored artifact is missing, truncated or altered: it does not match its manifest."""
 
     def __init__(
-        self, *, uri: str, problem: str, expected_sha256: str, actual_sha256: str | None
+        self, *, uri: str, problem: str, expected_sha256: str | None, actual_sha256: str | None
     ) -> None:
         super().__init__(
             f"{uri}: corrupted artifact: {problem} "
