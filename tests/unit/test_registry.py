@@ -368,7 +368,7 @@ def test_promotion_without_gate_or_fairness_report_is_refused(registry: Registry
     with pytest.raises(GateRefused, match="no fairness gate"):
         registry.set_alias("champion", version, by="ana", gate=None)
     bare = registry.register({"model.onnx": b"x"}, metadata={})
-    with pytest.raises(GateRefused, match="has no fairness.json"):
+    with pytest.raises(GateRefused, match=r"has no fairness\.json"):
         registry.set_alias("canary", bare, by="ana", gate=FakeGate(passed=True))
 
 
