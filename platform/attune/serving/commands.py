@@ -1,10 +1,144 @@
-"""CLI sub-commands of this stage (registered by :mod:`attune.cli`)."""
+"""CLI sub-commands of the serving stage (registered by :mod:`attune.cli`).
+
+``attune serve deploy|status|delete`` manage the app on the cluster at ``RAY_ADDRESS``
+(``auto`` when unset); ``attune rollout shadow|canary|promote|rollback|status`` move
+registry aliases and reconfigure the running app (see :mod:`attune.serving.rollout`).
+Heavy imports (Ray) happen inside the handlers.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from typing import Any
+
+from pydantic import ValidationError
+
+from attune.errors import ConfigError
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(arguments)"
+    return ConfigError(field=field, value=first.get("input"), problem=first["msg"])
+
+
+def _registry_uri(explicit: str | None) -> str:
+    from attune.serving.config import AppArgs
+
+    return AppArgs(registry=explicit).registry_uri()
+
+
+def _print(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from attune.serving.rollout import RolloutRequest, deployed_config, rollout_of, run_step
+
+    if args.step == "status":
+        _print(rollout_of(deployed_config(), args.app).model_dump(mode="json"))
+        return 0
+    try:
+        request = RolloutRequest(
+            step=args.step,
+            app=args.app,
+            version=getattr(args, "version", None),
+            percent=getattr(args, "percent", None),
+            champion=getattr(args, "champion", False),
+            by=args.by,
+            justification=args.justification,
+            override=args.override,
+        )
+    except ValidationError as exc:
+        raise _config_error(exc) from exc
+    rollout = run_step(request, registry_uri=_registry_uri(args.registry))
+    _print(rollout.model_dump(mode="json"))
+    return 0
+
+
+def _serve_deploy(args: argparse.Namespace) -> int:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from attune.serving.rollout import deploy
+
+    try:
+        with open(args.config) as fh:
+            config = ServeDeploySchema.model_validate(yaml.safe_load(fh))
+    except OSError as exc:
+        raise ConfigError(field="config", value=args.config, problem=str(exc)) from exc
+    except ValidationError as exc:
+        raise _config_error(exc) from exc
+    deploy(config, wait_s=args.wait_s)
+    _print({"deployed": [app.name for app in config.applications]})
+    return 0
+
+
+def _serve_status(args: argparse.Namespace) -> int:
+    from attune.serving.rollout import _client
+
+    details = _client().get_serve_details()
+    apps = details.get("applications", {})
+    _print(
+        {
+            name: {"status": app.get("status"), "message": app.get("message")}
+            for name, app in apps.items()
+            if args.app is None or name == args.app
+        }
+    )
+    return 0
+
+
+def _serve_delete(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from attune.serving.rollout import _client
+
+    _client()
+    serve.delete(args.app)
+    _print({"deleted": args.app})
+    return 0
 
 
 def register(subparsers: Any) -> None:
-    """Add this stage's sub-commands to ``subparsers``."""
-    del subparsers
+    """Add ``serve`` and ``rollout`` to the ``attune`` command line."""
+    serve = subparsers.add_parser("serve", help="Deploy and inspect the ranking app.")
+    serve_sub = serve.add_subparsers(dest="serve_command", required=True, metavar="ACTION")
+    deploy = serve_sub.add_parser("deploy", help="Apply a Serve config (serve_configs/*.yaml).")
+    deploy.add_argument("config", help="Serve config file (ServeDeploySchema YAML).")
+    deploy.add_argument("--wait-s", type=float, default=300, help="Wait for RUNNING (seconds).")
+    deploy.set_defaults(handler=_serve_deploy)
+    status = serve_sub.add_parser("status", help="Status of the apps on the cluster.")
+    status.add_argument("--app", default=None, help="Only this application.")
+    status.set_defaults(handler=_serve_status)
+    delete = serve_sub.add_parser("delete", help="Delete an application.")
+    delete.add_argument("--app", default="attune", help="Application name.")
+    delete.set_defaults(handler=_serve_delete)
+
+    rollout = subparsers.add_parser(
+        "rollout", help="Shadow, canary, promote or roll back a model on the running app."
+    )
+    steps = rollout.add_subparsers(dest="step", required=True, metavar="STEP")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--app", default="attune", help="Serve application name.")
+    common.add_argument("--registry", default=None, help="Registry URI (default: store/registry).")
+    common.add_argument("--by", default="attune-rollout", help="Who runs the step (alias log).")
+    common.add_argument("--justification", default=None, help="Why (required with --override).")
+    common.add_argument("--override", action="store_true", help="Move even if a gate refuses.")
+    shadow = steps.add_parser("shadow", parents=[common], help="Mirror requests to a version.")
+    shadow.add_argument("version", help="Version id or alias.")
+    shadow.add_argument("--percent", type=float, default=None, help="Share of requests (100).")
+    canary = steps.add_parser("canary", parents=[common], help="Send a share of borrowers.")
+    canary.add_argument("version", help="Version id or alias.")
+    canary.add_argument("--percent", type=float, required=True, help="Share of borrowers.")
+    steps.add_parser("promote", parents=[common], help="Make the canary the champion.")
+    back = steps.add_parser("rollback", parents=[common], help="Close the canary arm.")
+    back.add_argument(
+        "--champion", action="store_true", help="Also move the champion to its previous version."
+    )
+    steps.add_parser("status", parents=[common], help="Print the rollout in service.")
+    for parser in (shadow, canary, back, *steps.choices.values()):
+        parser.set_defaults(handler=_rollout)

@@ -1,0 +1,288 @@
+"""The HTTP ingress: a FastAPI app on a Serve deployment that holds every model in use.
+
+Champion and canary (and the shadow) are scored *inside* this replica: on this
+platform every extra deployment hop behind the ingress costs an actor round trip
+(~2 ms), more than the whole ranking. The replica runs a :class:`RankingService`;
+this module only adapts it to HTTP and to Serve's life cycle:
+
+* ``POST /v1/rank``, ``GET /v1/healthz``, ``GET /v1/models``; OpenAPI at
+  ``/openapi.json``. Validation errors are 422 naming the field (FastAPI), bodies over
+  :data:`~attune.serving.api.MAX_BODY_BYTES` are 413, and every
+  :class:`~attune.errors.AttuneError` answers its ``status_code`` with ``to_dict()``.
+* ``reconfigure(user_config)`` applies a :class:`RolloutConfig` (models are loaded in
+  a worker thread while requests keep flowing on the old state).
+* Two background tasks on the replica's event loop: one runs the shadow / paired
+  scoring after answers are sent, one writes due decision-log batches (in a thread)
+  and re-checks the guardrail. ``__del__`` (Serve's graceful shutdown) flushes the log.
+
+Collaborators are injected: ``RankingIngress(args, online=..., explainer=...)``; the
+defaults come from :func:`_default_collaborators`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi import Request as FastAPIRequest
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from attune import __version__
+from attune.errors import AttuneError
+from attune.serving.api import (
+    MAX_BODY_BYTES,
+    ErrorBody,
+    HealthResponse,
+    ModelsResponse,
+    RankRequest,
+    RankResponse,
+)
+from attune.serving.config import AppArgs, RolloutConfig
+from attune.serving.decision_log import DecisionLog, ParquetSink
+from attune.serving.service import Explainer, OnlineFeatures, RankingService
+
+log = logging.getLogger(__name__)
+
+INGRESS_NAME = "RankingIngress"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (404, "A model version or alias is not found."),
+        (413, "Request body too large."),
+        (503, "The champion model failed."),
+    )
+}
+
+api = FastAPI(
+    title="attune ranking API",
+    version=__version__,
+    description="Ranks loan-servicing options per borrower (champion / canary / shadow).",
+)
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: 413 when Content-Length exceeds the limit (before reading)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                    body = {
+                        "error": "PayloadTooLarge",
+                        "message": f"content-length {value.decode(errors='replace')} "
+                        f"exceeds {self.limit} bytes",
+                        "details": {"limit": self.limit},
+                    }
+                    await JSONResponse(body, status_code=413)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_BodyLimit)
+
+
+@api.exception_handler(AttuneError)
+async def _attune_error(request: FastAPIRequest, exc: AttuneError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+
+def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
+    """Registry-backed model store and parquet decision log under the store."""
+    from attune.registry import Registry
+    from attune.serving.metrics import RayServeMetrics
+    from attune.settings import get_settings
+
+    metrics = RayServeMetrics()
+    decision_log = None
+    if args.decision_log.enabled:
+        cfg = args.decision_log
+        decision_log = DecisionLog(
+            sink=ParquetSink(args.store_uri()),
+            writer_id=replica_id,
+            max_batch=cfg.max_batch,
+            max_age_s=cfg.max_age_s,
+            max_buffer=cfg.max_buffer,
+            on_drop=metrics.decisions_dropped,
+        )
+    return {
+        "store": Registry(args.registry_uri()),
+        "decision_log": decision_log,
+        "borrower_salt": get_settings().borrower_salt,
+        "metrics": metrics,
+    }
+
+
+@serve.deployment(
+    name=INGRESS_NAME,
+    max_ongoing_requests=64,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=20,
+)
+@serve.ingress(api)
+class RankingIngress:
+    """The ranking app's ingress replica (see the module docstring)."""
+
+    def __init__(
+        self,
+        args: AppArgs,
+        *,
+        online: OnlineFeatures | None = None,
+        explainer: Explainer | None = None,
+    ) -> None:
+        context = serve.get_replica_context()
+        self._args = args
+        self._app_name = context.app_name
+        collaborators = _default_collaborators(args, _safe_id(context.replica_tag))
+        self._decision_log: DecisionLog | None = collaborators["decision_log"]
+        self._service = RankingService(
+            rollout=args.rollout,
+            replica_id=context.replica_tag,
+            online=online,
+            explainer=explainer,
+            on_rollback=self._after_rollback,
+            queue_size=args.shadow_queue,
+            **collaborators,
+        )
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None
+        self._rollback_threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ Serve hooks
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new rollout (Serve calls this on start and on every user_config change)."""
+        self._ensure_background()
+        rollout = RolloutConfig.model_validate(user_config)
+        await asyncio.to_thread(self._service.apply, rollout)
+        log.info("rollout applied: %s", rollout.model_dump_json())
+
+    def check_health(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"background task failed: {self._failure!r}")
+
+    async def __del__(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._decision_log is not None:
+            written = await asyncio.to_thread(self._decision_log.flush)
+            log.info("shutdown: flushed %d decisions (%s)", written, self._decision_log.stats())
+
+    # ------------------------------------------------------------------ routes
+
+    @api.post(
+        "/v1/rank",
+        response_model=RankResponse,
+        responses={422: {"model": ErrorBody, "description": "Invalid request."}, **_ERRORS},
+    )
+    async def rank(self, request: RankRequest) -> Response:
+        """Rank the candidates for one borrower; see RankRequest for where features come from."""
+        response = await self._service.rank(request)
+        if self._service.pending:
+            self._ensure_background()
+            if self._wake is not None:
+                self._wake.set()
+        # Serialized here (the model was built by our own code): FastAPI would validate it again.
+        return Response(response.model_dump_json(), media_type="application/json")
+
+    @api.get("/v1/healthz", response_model=HealthResponse)
+    async def healthz(self) -> HealthResponse:
+        """Liveness, with the versions in service."""
+        return HealthResponse(
+            status="ok",
+            champion=self._service.champion_version,
+            canary=self._service.canary_version,
+        )
+
+    @api.get("/v1/models", response_model=ModelsResponse)
+    async def models(self) -> ModelsResponse:
+        """Models in service, shares, guardrail rollbacks and this replica's counters."""
+        return self._service.status()
+
+    # ------------------------------------------------------------------ background work
+
+    def _ensure_background(self) -> None:
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._tasks = [
+            loop.create_task(self._guarded(self._after_answers())),
+            loop.create_task(self._guarded(self._housekeeping())),
+        ]
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # surfaced through check_health
+            log.exception("background task failed")
+            self._failure = exc
+
+    async def _after_answers(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._service.pending:
+                self._service.run_background(max_jobs=8)
+                await asyncio.sleep(0)  # let requests in between jobs
+
+    async def _housekeeping(self) -> None:
+        interval = self._args.decision_log.max_age_s / 4
+        while True:
+            await asyncio.sleep(interval)
+            self._service.check_guardrail()
+            if self._decision_log is not None and self._decision_log.due():
+                await asyncio.to_thread(self._decision_log.flush)
+
+    def _after_rollback(
+        self, version: str, reasons: tuple[str, ...], breached: RolloutConfig
+    ) -> None:
+        """Persist a guardrail rollback: move the canary alias and redeploy with no canary."""
+        if not self._args.auto_rollback_redeploy:
+            return
+        from attune.serving.rollout import persist_guardrail_rollback
+
+        thread = threading.Thread(
+            target=_log_errors(persist_guardrail_rollback),
+            kwargs={
+                "registry_uri": self._args.registry_uri(),
+                "app_name": self._app_name,
+                "version": version,
+                "reasons": reasons,
+                "breached": breached,
+            },
+            name="attune-rollback",
+            daemon=True,
+        )
+        thread.start()
+        self._rollback_threads.append(thread)
+
+
+def _log_errors(fn: Callable[..., Any]) -> Callable[..., None]:
+    def run(**kwargs: Any) -> None:
+        try:
+            fn(**kwargs)
+        except Exception:  # a thread has no caller to raise to
+            log.exception("persisting the guardrail rollback failed")
+
+    return run
+
+
+def _safe_id(tag: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in tag)[:64]

@@ -1,0 +1,539 @@
+"""The ranking service: champion, sticky canary, mirrored shadow, guardrails, decision log.
+
+Plain Python with injected collaborators (model store, decision log, metrics, online
+features, explainer, policy, rollback hook), so unit tests drive it without Ray and the
+Serve ingress (:mod:`attune.serving.ingress`) is a thin HTTP shell around it.
+
+Request path (:meth:`RankingService.rank`, all inside the ingress replica): pick the
+borrower's sticky arm, build the candidate rows in the model's feature-spec order,
+check them, score with ONNX Runtime, order, log, answer. A canary that fails or answers
+non-finite scores is counted against its guardrail and the champion answers instead,
+so a broken canary never turns into an error for the client.
+
+After the answer (:meth:`RankingService.run_background`, driven by the ingress's
+background task, never awaited by a request): the shadow model scores mirrored requests
+and its answers are logged under the primary decision id; the champion re-scores canary
+requests (paired traffic) for the score-drift guardrail. Both wait in one bounded queue;
+when it is full new work is dropped and counted, never blocking a request.
+
+Live knobs (:meth:`RankingService.apply`) swap one immutable :class:`_State` reference,
+so a request in flight finishes on the state it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+
+from attune.errors import AttuneError, FeatureSpecMismatch, InvalidInput, Unavailable
+from attune.serving.api import (
+    ArmStatus,
+    FeatureSource,
+    ModelsResponse,
+    RankedOption,
+    RankRequest,
+    RankResponse,
+    Reason,
+    Rollback,
+)
+from attune.serving.config import RolloutConfig
+from attune.serving.decision_log import DecisionLog, DecisionRecord
+from attune.serving.features import candidate_matrix
+from attune.serving.guardrails import Guardrail, Verdict
+from attune.serving.metrics import NullMetrics, ServingMetrics
+from attune.serving.model import ModelStore, OnnxScorer
+from attune.serving.traffic import Arm, TrafficSplit, hash_borrower
+
+log = logging.getLogger(__name__)
+
+
+class OnlineFeatures(Protocol):
+    """Latest borrower state by id (the online feature view); None when unknown."""
+
+    async def borrower_features(self, borrower_id: int) -> Mapping[str, float] | None: ...
+
+
+class Explainer(Protocol):
+    """Reason codes per candidate row for one model version."""
+
+    def explain(
+        self, version: str, X: np.ndarray, names: tuple[str, ...]
+    ) -> list[list[Reason]]: ...
+
+
+class RankingPolicy(Protocol):
+    """Turns scores into an order; exploring policies also return propensities."""
+
+    def order(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+class GreedyPolicy:
+    """Highest score first (stable for ties); no exploration, so no propensities."""
+
+    def order(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return np.argsort(-scores, kind="stable"), None
+
+
+#: Called with (canary version, reasons, rollout config it breached under).
+RollbackHook = Callable[[str, tuple[str, ...], RolloutConfig], None]
+
+
+@dataclass
+class _Counters:
+    calls: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class _State:
+    config: RolloutConfig
+    champion: OnnxScorer
+    canary: OnnxScorer | None
+    shadow: OnnxScorer | None
+    split: TrafficSplit
+    guardrail: Guardrail | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # "shadow" or "paired"
+    decision_id: str
+    borrower_hash: str
+    touchpoint: str
+    source: FeatureSource
+    option_ids: tuple[str, ...]
+    X: np.ndarray
+    primary_scores: np.ndarray
+    state: _State
+
+
+@dataclass
+class _Events:
+    rollbacks: list[Rollback] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    shadow_dropped: int = 0
+
+
+class RankingService:
+    """Ranks candidates with the champion / canary of a rollout; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        rollout: RolloutConfig,
+        decision_log: DecisionLog | None,
+        borrower_salt: str,
+        replica_id: str = "local",
+        metrics: ServingMetrics | None = None,
+        online: OnlineFeatures | None = None,
+        explainer: Explainer | None = None,
+        policy: RankingPolicy | None = None,
+        on_rollback: RollbackHook | None = None,
+        queue_size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._log = decision_log
+        self._salt = borrower_salt
+        self.replica_id = replica_id
+        self._metrics: ServingMetrics = metrics or NullMetrics()
+        self._online = online
+        self._explainer = explainer
+        self._policy: RankingPolicy = policy or GreedyPolicy()
+        self._on_rollback = on_rollback
+        self._clock = clock
+        self._queue: deque[_Job] = deque()
+        self._queue_size = queue_size
+        self._scorers: dict[str, OnnxScorer] = {}
+        self._counters: dict[tuple[str, str], _Counters] = {}
+        self._events = _Events()
+        self._tripped_under: RolloutConfig | None = None
+        self._last_check = 0.0
+        self._state = self._build_state(rollout)
+
+    # ------------------------------------------------------------------ live knobs
+
+    def apply(self, rollout: RolloutConfig) -> None:
+        """Load what ``rollout`` names and switch to it (blocking I/O: call off the loop).
+
+        The champion must load, or the previous state stays and the error is raised. A
+        canary or shadow that cannot be loaded is refused (recorded in ``status()``) and
+        its arm stays off; serving carries on with the champion.
+        """
+        self._state = self._build_state(rollout)
+        self._metrics.canary_share(self._state.split.canary_share)
+
+    def _load(self, ref: str) -> OnnxScorer:
+        version = self._store.resolve(ref)
+        if version not in self._scorers:
+            self._scorers[version] = OnnxScorer.load(self._store, version)
+        return self._scorers[version]
+
+    def _load_optional(self, role: str, ref: str | None) -> OnnxScorer | None:
+        if ref is None:
+            return None
+        try:
+            return self._load(ref)
+        except AttuneError as exc:
+            message = f"{role} {ref!r}: {exc.message}"
+            log.error("refused %s", message)
+            self._events.refused.append(message)
+            return None
+
+    def _build_state(self, rollout: RolloutConfig) -> _State:
+        champion = self._load(rollout.champion)
+        canary = None
+        # The guardrails rolled this exact rollout back: keep its canary off.
+        if rollout != self._tripped_under:
+            canary = self._load_optional("canary", rollout.canary)
+        if canary is not None and canary.version == champion.version:
+            canary = None  # a rolled-back canary alias points at the champion
+        shadow = self._load_optional("shadow", rollout.shadow)
+        split = TrafficSplit(
+            salt=rollout.salt,
+            canary_share=rollout.canary_percent / 100 if canary is not None else 0.0,
+            shadow_share=rollout.shadow_percent / 100 if shadow is not None else 0.0,
+        )
+        in_use = {champion.version} | {s.version for s in (canary, shadow) if s is not None}
+        self._scorers = {v: s for v, s in self._scorers.items() if v in in_use}
+        guardrail = Guardrail(rollout.guardrails, clock=self._clock) if canary else None
+        return _State(rollout, champion, canary, shadow, split, guardrail)
+
+    # ------------------------------------------------------------------ request path
+
+    async def rank(self, request: RankRequest) -> RankResponse:
+        """Rank one request; raises InvalidInput (4xx) before any model sees bad input."""
+        started = time.perf_counter()
+        state = self._state
+        arm: Arm = "canary" if state.canary is not None else "champion"
+        if arm == "canary" and state.split.arm(request.borrower_id) != "canary":
+            arm = "champion"
+        scorer = state.canary if arm == "canary" and state.canary else state.champion
+        borrower = await self._borrower_state(request)
+        X = self._rows(request, scorer, borrower)
+        scores = self._score(scorer, arm, X, state)
+        if scores is None:  # canary failed: the champion answers
+            arm, scorer = "champion", state.champion
+            X = self._rows(request, scorer, borrower)
+            scores = self._score(scorer, arm, X, state)
+            if scores is None:
+                raise Unavailable(
+                    f"champion {scorer.version} failed to score", version=scorer.version
+                )
+        order, propensities = self._policy.order(scores)
+        decision_id = uuid.uuid4().hex
+        options = request.option_ids
+        reasons = self._reasons(request, scorer, X)
+        ranked = [
+            RankedOption(
+                option_id=options[i],
+                score=float(scores[i]),
+                rank=r + 1,
+                propensity=None if propensities is None else float(propensities[r]),
+                reasons=None if reasons is None else reasons[i],
+            )
+            for r, i in enumerate(order)
+        ]
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        borrower_hash = hash_borrower(request.borrower_id, salt=self._salt)
+        source = request.feature_source
+        self._record(
+            decision_id=decision_id,
+            role="primary",
+            borrower_hash=borrower_hash,
+            arm=arm,
+            scorer=scorer,
+            touchpoint=request.context.touchpoint,
+            source=source,
+            option_ids=options,
+            X=X,
+            scores=scores,
+            order=order,
+            propensities=propensities,
+            latency_ms=latency_ms,
+        )
+        self._metrics.ranked(
+            arm=arm, version=scorer.version, latency_ms=latency_ms, top_score=float(scores.max())
+        )
+        job = _Job("paired", decision_id, borrower_hash, request.context.touchpoint, source,
+                   options, X, scores, state)  # fmt: skip
+        if arm == "canary":
+            self._enqueue(job)
+        if state.shadow is not None and state.split.mirror(decision_id):
+            self._enqueue(replace(job, kind="shadow"))
+        return RankResponse(
+            decision_id=decision_id,
+            model_version=scorer.version,
+            arm=arm,
+            feature_source=source,
+            options=ranked,
+        )
+
+    async def _borrower_state(self, request: RankRequest) -> Mapping[str, float] | None:
+        if request.feature_source == "request":
+            return None
+        if request.borrower is not None:
+            return request.borrower.model_dump()
+        if self._online is None:
+            raise InvalidInput(
+                "borrower: required when candidates carry no features (this app has no "
+                "online feature view)",
+                field="borrower",
+            )
+        found = await self._online.borrower_features(request.borrower_id)
+        if found is None:
+            raise InvalidInput(
+                f"borrower_id {request.borrower_id}: unknown to the online feature view; "
+                "send borrower features",
+                field="borrower_id",
+                value=request.borrower_id,
+            )
+        return found
+
+    def _rows(
+        self, request: RankRequest, scorer: OnnxScorer, borrower: Mapping[str, float] | None
+    ) -> np.ndarray:
+        spec = scorer.spec
+        if borrower is not None:
+            return candidate_matrix(
+                spec,
+                borrower=borrower,
+                touchpoint=request.context.touchpoint,
+                option_ids=request.option_ids,
+            )
+        rows: list[list[float]] = []
+        for i, candidate in enumerate(request.candidates):
+            vector = candidate.features or []
+            if len(vector) != spec.n_features:
+                raise FeatureSpecMismatch(
+                    expected=spec.n_features,
+                    actual=len(vector),
+                    problem=f"candidates[{i}].features has {len(vector)} values; model "
+                    f"{scorer.version} takes {spec.n_features} (feature spec {spec.hash})",
+                )
+            rows.append(vector)
+        return np.asarray(rows, dtype=np.float32)
+
+    def _score(
+        self, scorer: OnnxScorer, role: str, X: np.ndarray, state: _State
+    ) -> np.ndarray | None:
+        """Score ``X``; None when the model raised or answered non-finite scores."""
+        started = time.perf_counter()
+        try:
+            scores = scorer.score(X)
+            ok = scores.shape == (X.shape[0],) and bool(np.isfinite(scores).all())
+        except Exception as exc:
+            log.warning("model %s (%s) failed: %s", scorer.version, role, exc)
+            ok = False
+        self._count(role, scorer.version, ok)
+        if role == "canary" and state.guardrail is not None:
+            state.guardrail.record(ok=ok, latency_s=time.perf_counter() - started)
+        return scores if ok else None
+
+    def _count(self, role: str, version: str, ok: bool) -> None:
+        counters = self._counters.setdefault((role, version), _Counters())
+        counters.calls += 1
+        counters.errors += 0 if ok else 1
+        self._metrics.model_call(role=role, version=version, ok=ok)
+
+    def _reasons(
+        self, request: RankRequest, scorer: OnnxScorer, X: np.ndarray
+    ) -> list[list[Reason]] | None:
+        if not request.explain or self._explainer is None:
+            return None
+        return self._explainer.explain(scorer.version, X, scorer.spec.names)
+
+    def _record(
+        self,
+        *,
+        decision_id: str,
+        role: str,
+        borrower_hash: str,
+        arm: str,
+        scorer: OnnxScorer,
+        touchpoint: str,
+        source: str,
+        option_ids: tuple[str, ...],
+        X: np.ndarray,
+        scores: np.ndarray,
+        order: np.ndarray,
+        propensities: np.ndarray | None,
+        latency_ms: float,
+    ) -> None:
+        if self._log is None:
+            return
+        self._log.append(
+            DecisionRecord(
+                decision_id=decision_id,
+                ts=datetime.now(UTC),
+                role=role,
+                borrower_hash=borrower_hash,
+                arm=arm,
+                model_version=scorer.version,
+                feature_spec_hash=scorer.spec.hash,
+                touchpoint=touchpoint,
+                feature_source=source,
+                candidates=option_ids,
+                features=tuple(map(tuple, X.tolist())),
+                scores=tuple(scores.tolist()),
+                returned_order=tuple(option_ids[i] for i in order),
+                propensities=None if propensities is None else tuple(propensities.tolist()),
+                latency_ms=latency_ms,
+            )
+        )
+
+    def _enqueue(self, job: _Job) -> None:
+        if len(self._queue) >= self._queue_size:
+            self._events.shadow_dropped += 1
+            self._metrics.shadow_dropped()
+            return
+        self._queue.append(job)
+
+    # ------------------------------------------------------------------ after the answer
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting for :meth:`run_background`."""
+        return len(self._queue)
+
+    def run_background(self, max_jobs: int = 64) -> int:
+        """Run up to ``max_jobs`` queued shadow / paired jobs, then check the guardrail."""
+        done = 0
+        while self._queue and done < max_jobs:
+            job = self._queue.popleft()
+            if job.kind == "shadow":
+                self._run_shadow(job)
+            else:
+                self._run_paired(job)
+            done += 1
+        self.check_guardrail()
+        return done
+
+    def _run_shadow(self, job: _Job) -> None:
+        shadow = job.state.shadow
+        if shadow is None:
+            return
+        started = time.perf_counter()
+        scores = self._score(shadow, "shadow", job.X, job.state)
+        if scores is None:
+            return
+        order, propensities = self._policy.order(scores)
+        self._record(
+            decision_id=job.decision_id,
+            role="shadow",
+            borrower_hash=job.borrower_hash,
+            arm="shadow",
+            scorer=shadow,
+            touchpoint=job.touchpoint,
+            source=job.source,
+            option_ids=job.option_ids,
+            X=job.X,
+            scores=scores,
+            order=order,
+            propensities=propensities,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def _run_paired(self, job: _Job) -> None:
+        guardrail = job.state.guardrail
+        if guardrail is None or job.state is not self._state:
+            return  # the rollout changed since: this pair no longer matters
+        champion = job.state.champion
+        if champion.spec.hash != (job.state.canary.spec.hash if job.state.canary else None):
+            return  # different features: no row-for-row pairing
+        baseline = self._score(champion, "champion", job.X, job.state)
+        if baseline is None:
+            return
+        guardrail.record_drift(float(np.mean(np.abs(job.primary_scores - baseline))))
+
+    def check_guardrail(self, *, force: bool = False) -> Verdict | None:
+        """Judge the canary (at most every 0.25 s unless forced); roll it back on a breach."""
+        state = self._state
+        now = self._clock()
+        if state.guardrail is None or state.canary is None:
+            return None
+        if not force and now - self._last_check < 0.25:
+            return None
+        self._last_check = now
+        verdict = state.guardrail.check()
+        if verdict.breached:
+            self._roll_back(state, verdict)
+        return verdict
+
+    def _roll_back(self, state: _State, verdict: Verdict) -> None:
+        assert state.canary is not None
+        version = state.canary.version
+        self._tripped_under = state.config
+        self._state = replace(
+            state, canary=None, guardrail=None, split=replace(state.split, canary_share=0.0)
+        )
+        self._events.rollbacks.append(
+            Rollback(
+                version=version,
+                reasons=list(verdict.reasons),
+                at=datetime.now(UTC).isoformat(),
+            )
+        )
+        self._metrics.rolled_back(version=version)
+        self._metrics.canary_share(0.0)
+        log.error("guardrails rolled back canary %s: %s", version, "; ".join(verdict.reasons))
+        if self._on_rollback is not None:
+            self._on_rollback(version, verdict.reasons, state.config)
+
+    # ------------------------------------------------------------------ introspection
+
+    def status(self) -> ModelsResponse:
+        """What this replica serves and has counted."""
+        state = self._state
+        models: list[ArmStatus] = []
+        for role, scorer, share in (
+            ("champion", state.champion, 1.0 - state.split.canary_share),
+            ("canary", state.canary, state.split.canary_share),
+            ("shadow", state.shadow, state.split.shadow_share),
+        ):
+            if scorer is None:
+                continue
+            counters = self._counters.get((role, scorer.version), _Counters())
+            models.append(
+                ArmStatus(
+                    role=role,
+                    version=scorer.version,
+                    feature_spec_hash=scorer.spec.hash,
+                    share=share,
+                    calls=counters.calls,
+                    errors=counters.errors,
+                )
+            )
+        stats = self._log.stats() if self._log is not None else None
+        return ModelsResponse(
+            replica=self.replica_id,
+            models=models,
+            salt=state.split.salt,
+            rollbacks=list(self._events.rollbacks),
+            refused=list(self._events.refused),
+            shadow_dropped=self._events.shadow_dropped,
+            decisions_logged=stats.written if stats else 0,
+            decisions_dropped=stats.dropped if stats else 0,
+            decisions_buffered=stats.buffered if stats else 0,
+        )
+
+    @property
+    def champion_version(self) -> str:
+        return self._state.champion.version
+
+    @property
+    def canary_version(self) -> str | None:
+        return self._state.canary.version if self._state.canary else None
+
+    def model_calls(self) -> int:
+        """Model calls of every role in this replica (malformed requests add none)."""
+        return sum(c.calls for c in self._counters.values())

@@ -1,0 +1,181 @@
+"""Test models, registries and HTTP helpers for the serving tests (no Ray at import).
+
+Models are real: tiny XGBoost rankers exported by attune.training.export, and two
+planted faulty models for the guardrails: a "garbage" regressor whose scores sit around
+1,000 (finite, but nothing like the champion's) and an ONNX graph that answers NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attune.data.schema import OPTION_IDS
+from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES, FeatureSpec, default_spec
+
+N_FEATURES = len(FEATURE_NAMES)
+_OPTION_COLUMNS = [FEATURE_NAMES.index(f"opt_{o}") for o in OPTION_IDS]
+
+
+def _rows(rng: np.random.Generator, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    X = rng.normal(size=(n_groups * len(OPTION_IDS), N_FEATURES)).astype(np.float32)
+    X[:, _OPTION_COLUMNS] = 0.0
+    for g in range(n_groups):
+        for k, column in enumerate(_OPTION_COLUMNS):
+            X[g * len(OPTION_IDS) + k, column] = 1.0
+    qid = np.repeat(np.arange(n_groups), len(OPTION_IDS))
+    return X, qid
+
+
+def ranker_onnx(*, seed: int, n_trees: int = 6) -> bytes:
+    """A small ``rank:ndcg`` XGBoost ranker exported to ONNX (spec: default_spec())."""
+    import xgboost
+
+    from attune.training.export import export_onnx
+
+    rng = np.random.default_rng(seed)
+    X, qid = _rows(rng, 40)
+    utility = X[:, 0] * X[:, _OPTION_COLUMNS[0]] + X[:, 1] * X[:, _OPTION_COLUMNS[2]] + X[:, 2]
+    label = np.clip(np.round(utility + 1), 0, 3)
+    dtrain = xgboost.DMatrix(X, label=label, qid=qid)
+    params = {"objective": "rank:ndcg", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": seed}
+    booster = xgboost.train(params, dtrain, num_boost_round=n_trees)
+    return export_onnx(booster, n_features=N_FEATURES)
+
+
+def garbage_onnx(*, seed: int = 7) -> bytes:
+    """A regressor trained on noise around 1,000: finite scores, far from any ranker's."""
+    import xgboost
+
+    from attune.training.export import export_onnx
+
+    rng = np.random.default_rng(seed)
+    X, _ = _rows(rng, 20)
+    y = rng.uniform(500, 1500, size=X.shape[0])
+    params = {"objective": "reg:squarederror", "max_depth": 2, "nthread": 1, "seed": seed}
+    booster = xgboost.train(params, xgboost.DMatrix(X, label=y), num_boost_round=3)
+    return export_onnx(booster, n_features=N_FEATURES)
+
+
+def nan_onnx() -> bytes:
+    """An ONNX graph with the ranker's signature that answers NaN for every row."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    features = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, N_FEATURES])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])
+    nan = helper.make_tensor("nan", TensorProto.FLOAT, [1], [float("nan")])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["features", "axes"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["total", "nan"], ["score"]),
+        ],
+        "nan_ranker",
+        [features],
+        [score],
+        initializer=[nan, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def model_files(onnx_bytes: bytes, spec: FeatureSpec | None = None) -> dict[str, bytes]:
+    """The files a registry version needs for serving (plus an empty fairness report)."""
+    spec = spec or default_spec()
+    return {
+        "model.onnx": onnx_bytes,
+        "feature_spec.json": spec.to_json().encode(),
+        "fairness.json": json.dumps({"groups": {}}).encode(),
+    }
+
+
+class DictStore:
+    """A ModelStore over a dict ``{version: {file: bytes}}`` with ``aliases`` (unit tests)."""
+
+    def __init__(self, versions: dict[str, dict[str, bytes]], aliases: dict[str, str]) -> None:
+        self.versions, self.aliases = versions, aliases
+
+    def resolve(self, alias_or_version: str) -> str:
+        from attune.errors import VersionNotFound
+
+        version = self.aliases.get(alias_or_version, alias_or_version)
+        if version not in self.versions:
+            raise VersionNotFound(registry="dict", version=alias_or_version)
+        return version
+
+    def read(self, version: str, name: str) -> bytes:
+        return self.versions[self.resolve(version)][name]
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def borrower_state(seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    return {name: float(round(rng.uniform(0, 5), 3)) for name in BORROWER_FEATURES}
+
+
+def rank_body(
+    borrower_id: int, *, features: bool = True, n: int = len(OPTION_IDS), seed: int = 0
+) -> dict[str, Any]:
+    """A valid /v1/rank body: ``n`` candidates with full feature vectors, or borrower state."""
+    rng = np.random.default_rng(seed)
+    candidates: list[dict[str, Any]] = []
+    for option in OPTION_IDS[:n]:
+        candidate: dict[str, Any] = {"option_id": option}
+        if features:
+            candidate["features"] = [round(float(v), 4) for v in rng.normal(size=N_FEATURES)]
+        candidates.append(candidate)
+    body: dict[str, Any] = {
+        "borrower_id": borrower_id,
+        "context": {"touchpoint": "app"},
+        "candidates": candidates,
+    }
+    if not features:
+        body["borrower"] = borrower_state(seed)
+    return body
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    status: int
+    body: Any
+
+
+def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None) -> HttpResult:
+    """One HTTP call; returns status and parsed JSON (or text) without raising on 4xx/5xx."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, exc.read()
+    try:
+        return HttpResult(status, json.loads(payload))
+    except ValueError:
+        return HttpResult(status, payload.decode(errors="replace"))
+
+
+def wait_http_ok(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = http("GET", url)
+            if result.status == 200:
+                return
+            last = result
+        except OSError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s: {last}")
