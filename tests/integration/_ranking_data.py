@@ -74,7 +74,7 @@ def write_synthetic_ranking(
     # True value: each option suits a different region of (x0, x1).
     angle = np.linspace(0, 2 * np.pi, n_opt, endpoint=False)
     direction = np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    logits = X[:, :2] @ direction.T * 1.6 - 1.2
+    logits = X[:, :2] @ direction.T * 3.0 - 1.5
     values = 0.7 / (1.0 + np.exp(-logits))
     slates = np.stack([rng.permutation(n_opt)[:SLATE_SIZE] for _ in range(presentations)])
     bias = np.asarray(POSITION_BIAS)
@@ -124,6 +124,18 @@ def write_synthetic_ranking(
         storage.join(histories, "ground_truth", "position_bias.json"),
         {"position_bias": list(POSITION_BIAS)},
     )
+    borrowers = np.unique(qid // 2)
+    protected = pa.table(
+        {
+            "borrower_id": pa.array(borrowers, pa.int64()),
+            "age_band": pa.array(rng.choice(["18-34", "35-54", "55+"], len(borrowers))),
+            "gender": pa.array(rng.choice(["female", "male"], len(borrowers))),
+            "ethnicity": pa.array(rng.choice(["a", "b", "c"], len(borrowers))),
+        }
+    )
+    fs, path = storage.pyarrow_filesystem(storage.join(histories, "protected"))
+    fs.create_dir(path, recursive=True)
+    pq.write_table(protected, f"{path}/part-0.parquet", filesystem=fs)
     storage.write_json(
         storage.join(histories, "manifest.json"),
         {"schema_version": "1.0", "seed": seed, "borrowers": presentations // 2, "months": 1},

@@ -17,12 +17,19 @@ Two kinds of figures, written together to ``metrics.json`` with PNG plots beside
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from attune.errors import FeatureSpecMismatch
+from attune import storage
+from attune.data.schema import SLATE_SIZE, TOUCHPOINTS
+from attune.data.spec import BORROWER_FEATURES, CONTEXT_FEATURES, FeatureSpec
+from attune.errors import FeatureSpecMismatch, StoreNotFound
+from attune.training.dataset import RankingSplit
 
 #: A row is "completed" (relevant for MAP, precision and recall) at this label or above.
 COMPLETED_LABEL = 2
@@ -133,3 +140,290 @@ def ranking_metrics(qid: np.ndarray, label: np.ndarray, score: np.ndarray) -> di
         out[f"precision@{k}"] = p
         out[f"recall@{k}"] = r
     return out
+
+
+# --------------------------------------------------------------------------- policy value
+
+#: Policies compared in the policy evaluation, in report order.
+POLICIES: tuple[str, ...] = ("random", "legacy", "best_fixed", "model", "oracle")
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Presentations:
+    """The test presentations: their ids, candidate matrix and logged slates.
+
+    ``candidates`` holds ``len(qid) * len(options)`` rows, presentation by presentation,
+    options in catalog order, each at ``position = 1``.
+    """
+
+    qid: np.ndarray  # (n,) int64, ascending
+    candidates: np.ndarray  # (n * n_options, n_features) float32
+    logged: np.ndarray  # (n, slate) option index shown at each position; -1 when absent
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    """Expected reward per presentation of each policy, with lift and share of the oracle's."""
+
+    values: dict[str, float]
+    lift_over_random: dict[str, float]
+    share_of_oracle_lift: dict[str, float]
+    presentations: int
+    best_fixed_slate: tuple[str, ...]
+    model_top1_mix: dict[str, float]
+    oracle_top1_mix: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy_values": self.values,
+            "lift_over_random": self.lift_over_random,
+            "share_of_oracle_lift": self.share_of_oracle_lift,
+            "presentations": self.presentations,
+            "best_fixed_slate": list(self.best_fixed_slate),
+            "model_top1_mix": self.model_top1_mix,
+            "oracle_top1_mix": self.oracle_top1_mix,
+        }
+
+
+def presentations_from_split(split: RankingSplit, spec: FeatureSpec) -> Presentations:
+    """Candidate rows for every option of every presentation of ``split``.
+
+    The borrower and touchpoint features of a presentation are the same on all its
+    rows; the candidates keep them, put ``position = 1`` (as serving does) and set the
+    option's one-hot, through the same feature helpers that build training and
+    serving rows.
+    """
+    from attune.data.features import feature_matrix, option_rows
+
+    missing = [n for n in (*BORROWER_FEATURES, *CONTEXT_FEATURES) if n not in spec.names]
+    if missing:
+        raise FeatureSpecMismatch(
+            expected=list(BORROWER_FEATURES + CONTEXT_FEATURES),
+            actual=list(spec.names),
+            problem=f"spec lacks features the candidates need: {missing}",
+        )
+    qid, first = np.unique(split.qid, return_index=True)
+    index = {name: i for i, name in enumerate(spec.names)}
+    borrower_cols = np.array([index[n] for n in BORROWER_FEATURES], dtype=np.int64)
+    borrower = pd.DataFrame(split.X[first][:, borrower_cols], columns=list(BORROWER_FEATURES))
+    touch_cols = [index[f"touchpoint_{t}"] for t in TOUCHPOINTS]
+    touchpoint = np.asarray(TOUCHPOINTS, dtype=object)[np.argmax(split.X[first][:, touch_cols], 1)]
+    rows = option_rows(borrower, options=spec.options, touchpoint=list(touchpoint), position=1)
+    option_index = {o: i for i, o in enumerate(spec.options)}
+    logged = np.full((len(qid), SLATE_SIZE), -1, dtype=np.int64)
+    group = np.searchsorted(qid, split.qid)
+    pos = split.position.astype(np.int64) - 1
+    ok = (pos >= 0) & (pos < SLATE_SIZE)
+    logged[group[ok], pos[ok]] = np.array(
+        [option_index[o] for o in split.option_id[ok]], dtype=np.int64
+    )
+    return Presentations(
+        qid=qid, candidates=feature_matrix(rows, spec), logged=logged, options=spec.options
+    )
+
+
+def _slate_value(values: np.ndarray, bias: np.ndarray, slates: np.ndarray) -> np.ndarray:
+    """Expected reward of each presentation's slate: sum_k bias_k * value(p, slate_k)."""
+    shown = np.where(slates >= 0, np.take_along_axis(values, np.maximum(slates, 0), 1), 0.0)
+    return np.asarray(shown @ bias[: slates.shape[1]])
+
+
+def policy_evaluation(
+    presentations: Presentations,
+    *,
+    score: Scorer,
+    values: np.ndarray,
+    position_bias: Sequence[float],
+) -> PolicyReport:
+    """Price the model's slates and the reference policies with the ground truth.
+
+    ``values[p, o]`` is the true value of option ``o`` at presentation ``p`` (rows in
+    ``presentations.qid`` order, columns in catalog order); ``position_bias[k]`` the
+    probability that position ``k + 1`` is examined. The model's slate is its top
+    ``len(position_bias)`` candidates by ``score``; random is the expectation over
+    uniformly random slates; best fixed is the one slate (same order for everyone)
+    with the highest mean value over these presentations; the oracle puts the best
+    options at the most-examined positions.
+    """
+    n, n_opt = len(presentations.qid), len(presentations.options)
+    bias = np.asarray(position_bias, dtype=np.float64)
+    k = len(bias)
+    if values.shape != (n, n_opt):
+        raise FeatureSpecMismatch(
+            expected=(n, n_opt), actual=values.shape, problem="ground-truth values shape"
+        )
+    scores = np.asarray(score(presentations.candidates), dtype=np.float64).reshape(n, n_opt)
+    by_bias = np.argsort(-bias, kind="stable")  # positions, most examined first
+    model = np.empty((n, k), dtype=np.int64)
+    model[:, by_bias] = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    oracle = np.empty((n, k), dtype=np.int64)
+    oracle[:, by_bias] = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    fixed = np.empty(k, dtype=np.int64)
+    fixed[by_bias] = np.argsort(-values.mean(axis=0), kind="stable")[:k]
+    out = {
+        "random": float(bias.sum() * values.mean()),
+        "legacy": float(_slate_value(values, bias, presentations.logged[:, :k]).mean()),
+        "best_fixed": float(_slate_value(values, bias, np.tile(fixed, (n, 1))).mean()),
+        "model": float(_slate_value(values, bias, model).mean()),
+        "oracle": float(_slate_value(values, bias, oracle).mean()),
+    }
+    lift = {p: out[p] - out["random"] for p in POLICIES}
+    span = lift["oracle"]
+    share = {p: (lift[p] / span if span > 0 else float("nan")) for p in POLICIES}
+
+    def _mix(top: np.ndarray) -> dict[str, float]:
+        counts = np.bincount(top, minlength=n_opt) / max(n, 1)
+        return {o: float(c) for o, c in zip(presentations.options, counts, strict=True)}
+
+    return PolicyReport(
+        values=out,
+        lift_over_random=lift,
+        share_of_oracle_lift=share,
+        presentations=n,
+        best_fixed_slate=tuple(presentations.options[i] for i in fixed),
+        model_top1_mix=_mix(model[:, by_bias[0]]),
+        oracle_top1_mix=_mix(oracle[:, by_bias[0]]),
+    )
+
+
+def ground_truth_matrix(
+    histories: str, qid: np.ndarray, options: Sequence[str]
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``(values, position_bias)`` from ``<histories>/ground_truth`` for presentations ``qid``.
+
+    ``values[i, j]`` is the true value of ``options[j]`` at presentation ``qid[i]``.
+    Raises :class:`StoreNotFound` when the ground truth is missing and
+    :class:`FeatureSpecMismatch` when a presentation or option has no value.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    root = storage.join(histories, "ground_truth")
+    bias = tuple(
+        float(b)
+        for b in storage.read_json(storage.join(root, "position_bias.json"))["position_bias"]
+    )
+    values_uri = storage.join(root, "values")
+    fs, path = storage.pyarrow_filesystem(values_uri)
+    if not storage.list_uris(values_uri):
+        raise StoreNotFound(uri=values_uri, problem="no ground-truth values")
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+        columns=["presentation_id", "option_id", "value"],
+        filter=pc.field("presentation_id").isin(qid.tolist()),
+    )
+    frame = table.to_pandas().pivot_table(
+        index="presentation_id", columns="option_id", values="value", aggfunc="first"
+    )
+    frame = frame.reindex(index=qid, columns=list(options))
+    if frame.isna().to_numpy().any():
+        missing = int(frame.isna().any(axis=1).sum())
+        raise FeatureSpecMismatch(
+            expected=len(qid),
+            actual=len(qid) - missing,
+            problem=f"{missing} test presentations lack a ground-truth value in {values_uri}",
+        )
+    return frame.to_numpy(dtype=np.float64), bias
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_policy_values(report: PolicyReport, path: str | Path) -> Path:
+    """Bar chart of each policy's expected reward, annotated with its share of the oracle's lift."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = list(POLICIES)
+    heights = [report.values[p] for p in names]
+    colors = ["#bbbbbb", "#8c8c8c", "#6a9fd4", "#d9822b", "#3a7d44"]
+    bars = ax.bar(names, heights, color=colors)
+    for bar, name in zip(bars, names, strict=True):
+        share = report.share_of_oracle_lift[name]
+        ax.annotate(
+            f"{share:.0%}" if np.isfinite(share) else "",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+        )
+    ax.set_ylabel("expected reward per presentation")
+    ax.set_title(
+        f"policy value on {report.presentations} test presentations (share of oracle lift)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_option_mix(report: PolicyReport, path: str | Path) -> Path:
+    """Grouped bars: how often each option is the model's and the oracle's first choice."""
+    plt = _pyplot()
+    path = Path(path)
+    options = list(report.model_top1_mix)
+    x = np.arange(len(options))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.bar(x - 0.2, [report.model_top1_mix[o] for o in options], 0.4, label="model")
+    ax.bar(x + 0.2, [report.oracle_top1_mix[o] for o in options], 0.4, label="oracle")
+    ax.set_xticks(x, options, rotation=30, ha="right")
+    ax.set_ylabel("share of presentations ranked first")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ranking_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart of the test-split ranking metrics."""
+    plt = _pyplot()
+    path = Path(path)
+    names = [f"ndcg@{k}" for k in NDCG_KS] + ["map"]
+    names += [f"{m}@{k}" for k in PR_KS for m in ("precision", "recall")]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(names, [metrics[n] for n in names], color="#6a9fd4")
+    ax.set_ylim(0, 1)
+    ax.set_title("test split, logged slates (completed = label >= 2)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(metrics: dict[str, Any], policy: PolicyReport, out_dir: str | Path) -> Path:
+    """Write ``metrics.json`` and the evaluation PNGs beside it into ``out_dir``."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2, sort_keys=True))
+    plot_policy_values(policy, out / "policy_values.png")
+    plot_option_mix(policy, out / "option_mix.png")
+    plot_ranking_metrics(metrics["test"], out / "ranking_metrics.png")
+    return out / "metrics.json"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars as Python numbers and NaN/inf as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

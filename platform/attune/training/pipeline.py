@@ -1,0 +1,379 @@
+"""``train_and_register``: load → sweep → evaluate → export (parity gate) → register.
+
+The one entry point behind ``attune tune`` and ``jobs/tune.py``. The winner of the
+sweep (best validation NDCG) is loaded from its checkpoint (or retrained on the driver
+when its trial kept none, or with Ray Train when ``data_parallel_workers`` is set),
+evaluated on the test split (:mod:`attune.training.evaluate`), exported to ONNX and
+gated on the whole test split (:func:`attune.training.export.export_and_check`): a
+model that fails the gate raises :class:`~attune.errors.ParityError` and nothing is
+registered. The registered version holds the model, its spec, params, metrics (with
+policy values), parity report, lineage, plots and a model card, plus the governance
+files (fairness, explanations) when :mod:`attune.governance` provides them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attune import storage
+from attune.errors import ConfigError
+from attune.settings import get_settings
+from attune.training import evaluate
+from attune.training.config import TuneConfig
+from attune.training.dataset import RankingDataset, load_dataset
+from attune.training.model_card import render_basic_card
+from attune.training.tune import (
+    SweepResult,
+    TrialSummary,
+    load_checkpoint,
+    plot_curves,
+    print_table,
+    retrain,
+    run_sweep,
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a sweep produced: the registered version and the figures behind it."""
+
+    version_id: str
+    registry: str
+    best_trial: TrialSummary
+    metrics: dict[str, Any]
+    parity: dict[str, Any]
+    report_dir: str
+    files: tuple[str, ...]
+    sweep_nodes: int
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> why it is absent
+
+    @property
+    def share_of_oracle_lift(self) -> float:
+        return float(self.metrics["share_of_oracle_lift"]["model"])
+
+
+def train_and_register(config: TuneConfig) -> TrainResult:
+    """Run the sweep of ``config`` and register its winner; returns the :class:`TrainResult`.
+
+    Starts a local Ray (or joins ``RAY_ADDRESS``) when none is connected, and shuts
+    down only what it started. Raises :class:`ConfigError` when no ground truth is
+    known, :class:`~attune.errors.ParityError` when the export fails the gate, and the
+    storage errors of :mod:`attune.storage` for missing inputs.
+    """
+    settings = get_settings()
+    name = config.name or f"tune-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    report_dir = Path(config.report_dir or _default_report_dir(settings.store, name))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tune_storage = config.tune_storage or storage.join(settings.store, "tune")
+
+    dataset = load_dataset(config.features)
+    histories = config.histories or dataset.histories
+    if not histories:
+        raise ConfigError(
+            field="histories",
+            value=None,
+            problem="not given, and the dataset manifest names no histories",
+        )
+    test = dataset["test"]
+    presentations = evaluate.presentations_from_split(test, dataset.spec)
+    # Read the ground truth before the sweep: a missing one should fail in seconds.
+    values, bias = evaluate.ground_truth_matrix(histories, presentations.qid, dataset.spec.options)
+
+    with _ray_connected(settings.ray_address):
+        sweep = run_sweep(
+            dataset["train"], dataset["valid"], config=config, name=name, storage_uri=tune_storage
+        )
+        (report_dir / "sweep.txt").write_text(print_table(sweep))
+        plot_curves(sweep, report_dir / "sweep_ndcg.png")
+        booster = _winner_booster(
+            sweep, dataset, config=config, name=name, storage_uri=tune_storage
+        )
+
+    def score(X: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.inplace_predict(X, predict_type="margin"))
+
+    ranking = evaluate.ranking_metrics(test.qid, test.label, score(test.X))
+    policy = evaluate.policy_evaluation(
+        presentations, score=score, values=values, position_bias=bias
+    )
+    metrics: dict[str, Any] = {
+        "test": ranking,
+        **policy.to_dict(),
+        "validation": {
+            "ndcg@3": sweep.best.best_ndcg,
+            "best_round": sweep.best.best_round,
+            "trial_id": sweep.best.trial_id,
+        },
+        "sweep": {
+            "trials": len(sweep.trials),
+            "scheduler": sweep.scheduler,
+            "trial_iterations": sweep.total_rounds,
+            "nodes": len(sweep.node_ids),
+        },
+    }
+    evaluate.write_report(metrics, policy, report_dir)
+
+    from attune.training.export import export_and_check
+
+    onnx_bytes, parity = export_and_check(booster, test.X, test.qid)
+    files: dict[str, bytes] = {
+        "model.onnx": onnx_bytes,
+        "model.ubj": bytes(booster.save_raw("ubj")),
+        "feature_spec.json": dataset.spec.to_json().encode(),
+        "params.json": _json(_params(sweep, config, booster.num_boosted_rounds())),
+        "metrics.json": _json(metrics),
+        "parity.json": _json(parity.to_dict()),
+        "lineage.json": _json(_lineage(dataset, histories, sweep, config, name)),
+    }
+    for png in sorted(report_dir.glob("*.png")):
+        files[f"plots/{png.name}"] = png.read_bytes()
+    governance, skipped = _governance_files(
+        booster=booster,
+        dataset=dataset,
+        histories=histories,
+        score=score,
+        name=name,
+        card_inputs={
+            "params": json.loads(files["params.json"]),
+            "metrics": metrics,
+            "parity": parity.to_dict(),
+            "lineage": json.loads(files["lineage.json"]),
+        },
+    )
+    files.update(governance)
+
+    from attune.registry import Registry
+
+    version = Registry(config.registry).register(
+        files,
+        metadata=evaluate.to_jsonable(
+            {
+                "kind": "xgboost-ranker",
+                "experiment": name,
+                "dataset": config.features,
+                "share_of_oracle_lift": policy.share_of_oracle_lift["model"],
+                "test_ndcg@3": ranking["ndcg@3"],
+            }
+        ),
+    )
+    print(version)
+    return TrainResult(
+        version_id=version,
+        registry=config.registry,
+        best_trial=sweep.best,
+        metrics=metrics,
+        parity=parity.to_dict(),
+        report_dir=str(report_dir),
+        files=tuple(sorted(files)),
+        sweep_nodes=len(sweep.node_ids),
+        skipped=skipped,
+    )
+
+
+def _default_report_dir(store: str, name: str) -> str:
+    base = Path.cwd() / ".attune" if storage.is_s3(store) else Path(store)
+    return str(base / "runs" / name)
+
+
+@contextmanager
+def _ray_connected(address: str | None) -> Iterator[None]:
+    """Use the connected Ray; else join ``address`` (or start a local one) and stop it after."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _winner_booster(
+    sweep: SweepResult, dataset: RankingDataset, *, config: TuneConfig, name: str, storage_uri: str
+) -> Any:
+    """The winner as a booster cut to its best round (see the module docstring)."""
+    best = sweep.best
+    if config.data_parallel_workers > 0:
+        from attune.training.data_parallel import train_data_parallel
+        from attune.training.search_space import RankerParams
+
+        return train_data_parallel(
+            dataset.uri,
+            spec=dataset.spec,
+            params=RankerParams.parse(best.params),
+            num_boost_round=best.best_round,
+            num_workers=config.data_parallel_workers,
+            storage_uri=storage_uri,
+            name=f"{name}-winner",
+            cpus_per_worker=config.cpus_per_trial,
+            gpu=config.gpu,
+            seed=config.seed,
+        ).booster
+    booster = load_checkpoint(best, storage_uri=storage_uri)
+    if booster is None:
+        booster = retrain(best, dataset["train"], config=config, nthread=os.cpu_count() or 1)
+    return booster
+
+
+def _params(sweep: SweepResult, config: TuneConfig, rounds: int) -> dict[str, Any]:
+    from attune.training.search_space import xgb_params
+
+    return {
+        "ranker": sweep.best.params,
+        "xgboost": xgb_params(
+            sweep.best.params, nthread=config.cpus_per_trial, device=config.device, seed=config.seed
+        ),
+        "num_boost_round": rounds,
+        "trial_id": sweep.best.trial_id,
+        "sweep": config.model_dump(mode="json"),
+    }
+
+
+def _code_version() -> str:
+    """``git describe`` of the source tree when it is a checkout, else the package version."""
+    import attune
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=Path(attune.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip() or attune.__version__
+    except (OSError, subprocess.SubprocessError):
+        return attune.__version__
+
+
+def _lineage(
+    dataset: RankingDataset, histories: str, sweep: SweepResult, config: TuneConfig, name: str
+) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    libraries = ("ray", "xgboost", "onnxruntime", "onnx", "onnxmltools", "numpy", "pyarrow")
+    return {
+        "dataset": {
+            "uri": dataset.uri,
+            "content_hash": dataset.content_hash,
+            "feature_spec_hash": dataset.spec.hash,
+            "rows": {k: len(v) for k, v in dataset.splits.items()},
+        },
+        "histories": histories,
+        "code_version": _code_version(),
+        "versions": {"python": platform.python_version(), **{n: version(n) for n in libraries}},
+        "experiment": {
+            "name": name,
+            "path": sweep.experiment_path,
+            "trials": len(sweep.trials),
+            "seed": config.seed,
+        },
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _governance_files(
+    *,
+    booster: Any,
+    dataset: RankingDataset,
+    histories: str,
+    score: evaluate.Scorer,
+    name: str,
+    card_inputs: dict[str, Any],
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Governance's files for the version (fairness, explanations, drift, record, card).
+
+    Without a protected table under the histories there is no fairness report and so
+    no governance record: the basic model card is written instead and the reason is
+    returned in the second element (file -> why it is absent).
+    """
+    from attune.governance import plots
+    from attune.governance.drift import drift_reference
+    from attune.governance.explain import explanation_summary
+    from attune.governance.fairness import fairness_report
+    from attune.governance.gate import check_promotion
+    from attune.governance.modelcard import governance_record, render_model_card
+
+    test = dataset["test"]
+    names = dataset.spec.names
+    explanations = explanation_summary(booster, test.X, names)
+    drift = drift_reference(test.X, names, spec_hash=dataset.spec.hash)
+    files: dict[str, bytes] = {
+        "explanations.json": _json(explanations),
+        "drift_reference.json": _json(drift),
+        "plots/explanations.png": plots.explanation_png(explanations),
+    }
+    protected_uri = storage.join(histories, "protected")
+    if not storage.list_uris(protected_uri):
+        why = f"no protected table under {protected_uri}"
+        files["model_card.md"] = render_basic_card(**card_inputs).encode()
+        return files, {"fairness.json": why, "governance.json": why}
+    fairness = fairness_report(
+        scores=score(test.X),
+        qid=test.qid,
+        option_ids=test.option_id,
+        labels=test.label,
+        borrower_ids=test.borrower_id,
+        protected=_read_parquet_dir(protected_uri),
+    )
+    metrics = card_inputs["metrics"]
+    record = governance_record(
+        # The registry names a version by the hash of its files, this record among them,
+        # so the record carries the experiment name; the registry maps it to the id.
+        version=name,
+        features=names,
+        lineage=card_inputs["lineage"],
+        metrics=_headline(metrics),
+        parity=card_inputs["parity"],
+        fairness=fairness,
+        gate=check_promotion(fairness),
+        drift_reference=drift,
+        params=card_inputs["params"]["ranker"],
+        explanations=explanations,
+    )
+    files.update(
+        {
+            "fairness.json": _json(fairness),
+            "plots/fairness.png": plots.fairness_png(fairness),
+            "governance.json": _json(record),
+            "model_card.md": render_model_card(record).encode(),
+        }
+    )
+    return files, {}
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The flat figures a reviewer reads first (test metrics, policy values and shares)."""
+    out: dict[str, Any] = {f"test {k}": v for k, v in metrics["test"].items()}
+    for policy, value in metrics["policy_values"].items():
+        out[f"policy value: {policy}"] = value
+        out[f"share of oracle lift: {policy}"] = metrics["share_of_oracle_lift"][policy]
+    out["validation ndcg@3"] = metrics["validation"]["ndcg@3"]
+    return dict(evaluate.to_jsonable(out))
+
+
+def _read_parquet_dir(uri: str) -> Any:
+    import pyarrow.dataset as pads
+
+    fs, path = storage.pyarrow_filesystem(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(
+        evaluate.to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False, default=str
+    ).encode()
