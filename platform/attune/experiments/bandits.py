@@ -51,6 +51,7 @@ from attune.experiments.validation import ArgumentError, as_array
 
 #: Above this many placed-candidate sets, sequential marginals use Monte Carlo.
 EXACT_STATE_LIMIT = 20_000
+_MAX_EXACT_CANDIDATES = 62  # placed sets are int64 bitmasks
 _FALLBACK_DRAWS = 20_000
 _FALLBACK_SEED = 0
 
@@ -143,59 +144,71 @@ class _SequentialPolicy(Policy):
 
     @abstractmethod
     def _step(self, context: DecisionContext, remaining: np.ndarray) -> np.ndarray:
-        """Probabilities over all candidates (0 where not ``remaining``)."""
+        """Probabilities over the candidates for each row of the ``(m, n)`` mask ``remaining``.
+
+        Returns ``(m, n)``, each row summing to 1 and 0 where ``remaining`` is False.
+        """
 
     def position_probabilities(self, context: DecisionContext, slate_size: int) -> np.ndarray:
         n = _n_candidates(context)
         _check_slate(slate_size, n)
-        if sum(math.comb(n, k) for k in range(slate_size)) > EXACT_STATE_LIMIT:
+        states = sum(math.comb(n, k) for k in range(slate_size))
+        if n > _MAX_EXACT_CANDIDATES or states > EXACT_STATE_LIMIT:
             return self._monte_carlo(context, slate_size)
         out = np.zeros((n, slate_size))
-        frontier: dict[int, float] = {0: 1.0}  # bitmask of placed candidates -> probability
+        bits = np.int64(1) << np.arange(n, dtype=np.int64)
+        placed: np.ndarray = np.zeros(1, dtype=np.int64)  # a bitmask per set of placed ones
+        mass: np.ndarray = np.ones(1)
         for k in range(slate_size):
-            following: dict[int, float] = {}
-            for placed, mass in frontier.items():
-                probs = self._step(context, _remaining(placed, n))
-                out[:, k] += mass * probs
-                if k + 1 < slate_size:
-                    for j in np.flatnonzero(probs > 0):
-                        key = placed | (1 << int(j))
-                        following[key] = following.get(key, 0.0) + mass * float(probs[j])
-            frontier = following
+            probs = self._step(context, (placed[:, None] & bits) == 0)
+            out[:, k] = mass @ probs
+            if k + 1 < slate_size:
+                # the next step depends only on *which* candidates are placed, so orders
+                # reaching the same set merge: C(n, k) states instead of n!/(n-k)!
+                nxt = (placed[:, None] | bits).ravel()
+                weight = (mass[:, None] * probs).ravel()
+                keep = weight > 0
+                placed, inverse = np.unique(nxt[keep], return_inverse=True)
+                mass = np.bincount(inverse, weights=weight[keep])
         return out
+
+    def _sample_many(
+        self, context: DecisionContext, rng: np.random.Generator, m: int, slate_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` sampled slates ``(m, slate_size)`` and their joint probabilities ``(m,)``."""
+        n = _n_candidates(context)
+        remaining = np.ones((m, n), dtype=bool)
+        orders = np.empty((m, slate_size), dtype=np.int64)
+        joint = np.ones(m)
+        rows = np.arange(m)
+        for k in range(slate_size):
+            probs = self._step(context, remaining)
+            cumulative = probs.cumsum(axis=1)
+            u = rng.random(m) * cumulative[:, -1]
+            picked = (cumulative < u[:, None]).sum(axis=1)
+            # float round-off at the top end: fall back to the last candidate still allowed
+            last = n - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+            picked = np.minimum(picked, last)
+            orders[:, k] = picked
+            joint *= probs[rows, picked]
+            remaining[rows, picked] = False
+        return orders, joint
 
     def _monte_carlo(self, context: DecisionContext, slate_size: int) -> np.ndarray:
         rng = np.random.default_rng(_FALLBACK_SEED)
+        orders, _ = self._sample_many(context, rng, _FALLBACK_DRAWS, slate_size)
         n = _n_candidates(context)
-        counts = np.zeros((n, slate_size))
-        for _ in range(_FALLBACK_DRAWS):
-            order, _ = self._sample(context, rng, slate_size)
-            counts[list(order), range(slate_size)] += 1
-        return counts / _FALLBACK_DRAWS
-
-    def _sample(
-        self, context: DecisionContext, rng: np.random.Generator, slate_size: int
-    ) -> tuple[tuple[int, ...], float]:
-        n = _n_candidates(context)
-        placed, order, joint = 0, [], 1.0
-        for _ in range(slate_size):
-            probs = self._step(context, _remaining(placed, n))
-            j = int(rng.choice(n, p=probs))
-            order.append(j)
-            joint *= float(probs[j])
-            placed |= 1 << j
-        return tuple(order), joint
+        return (
+            np.stack([np.bincount(orders[:, k], minlength=n) for k in range(slate_size)], axis=1)
+            / _FALLBACK_DRAWS
+        )
 
     def choose(
         self, context: DecisionContext, rng: np.random.Generator, *, slate_size: int = 1
     ) -> Decision:
         marginals = self.position_probabilities(context, slate_size)
-        order, joint = self._sample(context, rng, slate_size)
-        return _decision(order, marginals, joint)
-
-
-def _remaining(placed: int, n: int) -> np.ndarray:
-    return np.array([not (placed >> j) & 1 for j in range(n)], dtype=bool)
+        orders, joint = self._sample_many(context, rng, 1, slate_size)
+        return _decision(tuple(int(j) for j in orders[0]), marginals, float(joint[0]))
 
 
 def _decision(order: tuple[int, ...], marginals: np.ndarray, joint: float) -> Decision:
@@ -222,7 +235,7 @@ class UniformPolicy(_SequentialPolicy):
     kind = "uniform"
 
     def _step(self, context: DecisionContext, remaining: np.ndarray) -> np.ndarray:
-        return remaining / remaining.sum()
+        return remaining / remaining.sum(axis=1, keepdims=True)
 
 
 class EpsilonGreedyPolicy(_SequentialPolicy):
@@ -233,9 +246,10 @@ class EpsilonGreedyPolicy(_SequentialPolicy):
 
     def _step(self, context: DecisionContext, remaining: np.ndarray) -> np.ndarray:
         scores = np.where(remaining, _scores(context), -np.inf)
-        best = remaining & (scores == scores.max())
+        best = remaining & (scores == scores.max(axis=1, keepdims=True))
         eps = self.config.epsilon
-        return eps * remaining / remaining.sum() + (1 - eps) * best / best.sum()
+        uniform = remaining / remaining.sum(axis=1, keepdims=True)
+        return eps * uniform + (1 - eps) * best / best.sum(axis=1, keepdims=True)
 
 
 class SoftmaxPolicy(_SequentialPolicy):
@@ -245,10 +259,9 @@ class SoftmaxPolicy(_SequentialPolicy):
     config: SoftmaxConfig
 
     def _step(self, context: DecisionContext, remaining: np.ndarray) -> np.ndarray:
-        scores = _scores(context) / self.config.temperature
-        z = np.where(remaining, scores - scores[remaining].max(), -np.inf)
-        e = np.exp(z)
-        return e / e.sum()
+        scores = np.where(remaining, _scores(context) / self.config.temperature, -np.inf)
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
 
 # ----------------------------------------------------------------------- posterior sampling
@@ -370,6 +383,15 @@ class LinearThompsonPolicy(_SamplingPolicy):
         if posterior:
             self.precision = _matrix(posterior, "precision", (m, d, d))
             self.b = _matrix(posterior, "b", (m, d))
+        # per model: (posterior mean, L^-T with L L^T = precision), until the next update
+        self._factors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _factor(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        if m not in self._factors:
+            chol = np.linalg.cholesky(self.precision[m])
+            mean = np.linalg.solve(self.precision[m], self.b[m])
+            self._factors[m] = (mean, np.linalg.inv(chol).T)
+        return self._factors[m]
 
     def _models(self, context: DecisionContext, n: int) -> np.ndarray:
         if self.config.n_options == 1:
@@ -391,11 +413,10 @@ class LinearThompsonPolicy(_SamplingPolicy):
         models = self._models(context, len(x))
         scores = np.empty((self.config.mc_samples, len(x)))
         for m in np.unique(models):
-            chol = np.linalg.cholesky(self.precision[m])
-            mean = np.linalg.solve(self.precision[m], self.b[m])
+            mean, root = self._factor(int(m))
             z = rng.standard_normal((self.config.mc_samples, self.config.dim))
             # theta = mean + noise * L^-T z has covariance noise^2 * (L L^T)^-1 = noise^2 A^-1
-            theta = mean + self.config.noise * np.linalg.solve(chol.T, z.T).T
+            theta = mean + self.config.noise * z @ root.T
             cols = np.flatnonzero(models == m)
             scores[:, cols] = theta @ x[cols].T
         return scores
@@ -410,6 +431,7 @@ class LinearThompsonPolicy(_SamplingPolicy):
             m = int(self._models(DecisionContext(options=(item.option,)), 1)[0])
             self.precision[m] += np.outer(x, x)
             self.b[m] += item.reward * x
+            self._factors.pop(m, None)
 
     def _posterior(self) -> dict[str, Any]:
         return {"precision": self.precision.tolist(), "b": self.b.tolist()}
