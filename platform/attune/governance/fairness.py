@@ -160,7 +160,7 @@ def fairness_report(
         k=k,
     )
     groups = _attach_groups(per, protected, attributes)
-    options = _ordered_options(per["top_option"].unique())
+    options = _ordered_options(np.unique(np.asarray(option_ids).astype(str)))
     values, names = _metric_matrix(per, options)
     borrowers, borrower_idx = np.unique(per["borrower_id"].to_numpy(), return_inverse=True)
     boot = _Bootstrap.draw(
@@ -320,8 +320,8 @@ def _attach_groups(
 
 
 def _ordered_options(seen: Any) -> list[str]:
-    """Catalog order first, then any other option id alphabetically."""
-    seen_set = {str(s) for s in seen} | set(OPTION_IDS)
+    """The candidate options: catalog order first, then any other id alphabetically."""
+    seen_set = {str(s) for s in seen}
     return [o for o in OPTION_IDS if o in seen_set] + sorted(seen_set - set(OPTION_IDS))
 
 

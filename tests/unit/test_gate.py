@@ -1,0 +1,260 @@
+"""Fairness gate: bounds on a fairness report; a proxy-biased model is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from pydantic import ValidationError
+
+from attune.errors import GateRefused, InvalidInput
+from attune.governance.fairness import fairness_report
+from attune.governance.gate import (
+    FairnessGateConfig,
+    GateOverride,
+    check_promotion,
+    load_gate_config,
+    require_promotion,
+)
+
+OPTIONS = ("payment_plan", "reminder_sms", "pay_now")
+
+
+# --------------------------------------------------------------------------- a biased model
+
+
+def _history(seed: int) -> dict[str, Any]:
+    """Seeded presentations where the right option depends only on a legitimate ``need``.
+
+    High need: a payment plan cures; low need: pay now; reminders in between. Group b's
+    historical labels never record a cured payment plan (the bias a proxy can learn),
+    while the evaluation labels are the true outcomes. ``proxy`` tracks the group.
+    """
+    rng = np.random.default_rng(seed)
+    n_borrowers, per_borrower = 400, 3
+    group = np.where(np.arange(n_borrowers) % 2 == 0, "a", "b")
+    need = rng.uniform(size=n_borrowers * per_borrower)
+    borrower = np.repeat(np.arange(n_borrowers), per_borrower)
+    rows = []
+    for q, (b, n) in enumerate(zip(borrower, need, strict=True)):
+        best = "payment_plan" if n > 0.6 else "pay_now" if n < 0.3 else "reminder_sms"
+        proxy = (group[b] == "b") + rng.normal(0, 0.2)
+        for option in OPTIONS:
+            true = 3 if option == best else int(rng.integers(0, 2))
+            logged = 0 if (option == "payment_plan" and group[b] == "b") else true
+            rows.append((q, b, option, n, proxy, true, logged))
+    frame = pd.DataFrame(
+        rows, columns=["qid", "borrower_id", "option_id", "need", "proxy", "true", "logged"]
+    )
+    protected = pd.DataFrame({"borrower_id": np.arange(n_borrowers), "gender": group})
+    return {"frame": frame, "protected": protected}
+
+
+def _features(frame: pd.DataFrame, with_proxy: bool) -> np.ndarray:
+    onehot = [(frame["option_id"] == o).to_numpy(float) for o in OPTIONS]
+    need = frame["need"].to_numpy()
+    cols = [need, *onehot, *(o * need for o in onehot)]
+    if with_proxy:
+        cols.append(frame["proxy"].to_numpy())
+    return np.column_stack(cols).astype(np.float32)
+
+
+def _report(with_proxy: bool) -> dict[str, Any]:
+    train, test = _history(seed=0), _history(seed=1)
+    dtrain = xgb.DMatrix(
+        _features(train["frame"], with_proxy),
+        label=train["frame"]["logged"],
+        qid=train["frame"]["qid"],
+    )
+    params = {"objective": "rank:ndcg", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": 0}
+    booster = xgb.train(params, dtrain, num_boost_round=30)
+    frame = test["frame"]
+    scores = booster.predict(xgb.DMatrix(_features(frame, with_proxy)))
+    return fairness_report(
+        scores=scores,
+        qid=frame["qid"],
+        option_ids=frame["option_id"],
+        labels=frame["true"],
+        borrower_ids=frame["borrower_id"],
+        protected=test["protected"],
+        n_bootstrap=100,
+    )
+
+
+@pytest.fixture(scope="module")
+def biased_report() -> dict[str, Any]:
+    return _report(with_proxy=True)
+
+
+@pytest.fixture(scope="module")
+def unbiased_report() -> dict[str, Any]:
+    return _report(with_proxy=False)
+
+
+def test_a_model_trained_on_a_group_proxy_is_refused(biased_report: dict[str, Any]) -> None:
+    decision = check_promotion(biased_report)
+    assert not decision.passed
+    plan = biased_report["attributes"]["gender"]["exposure"]["payment_plan"]
+    assert plan["ratio"]["value"] < 0.5
+    assert plan["min_group"] == "b"
+    assert any("exposure of payment_plan" in r and "b " in r for r in decision.reasons)
+    assert any("ndcg difference" in r for r in decision.reasons)
+
+
+def test_the_same_model_without_the_proxy_passes(unbiased_report: dict[str, Any]) -> None:
+    decision = check_promotion(unbiased_report)
+    assert decision.passed, decision.reasons
+    assert decision.reasons == ()
+    assert "gender/exposure:payment_plan" in decision.checked
+
+
+def test_the_registry_default_gate_is_this_gate(biased_report: dict[str, Any]) -> None:
+    """The registry's alias moves call check_promotion with the default bounds."""
+    from attune.registry.gates import fairness_gate, outcome_of
+
+    gate = fairness_gate()
+    assert gate is not None
+    outcome = outcome_of(gate(biased_report))
+    assert not outcome.passed
+    assert list(outcome.reasons) == list(check_promotion(biased_report).reasons)
+    lenient = fairness_gate({"min_exposure_ratio": 0.01, "warn_exposure_ratio": 0.01})
+    assert lenient is not None
+    reasons = outcome_of(lenient(biased_report)).reasons
+    assert not any("exposure" in r for r in reasons)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _two_groups(m_plan_first: int, *, n: int = 100, n_bootstrap: int = 200) -> dict[str, Any]:
+    """A report where group f always and group m ``m_plan_first``/n times gets the plan first."""
+    tops = {"f": ["payment_plan"] * n, "m": ["payment_plan"] * m_plan_first}
+    tops["m"] += ["reminder_sms"] * (n - m_plan_first)
+    qid, borrower, option, score, label, protected = [], [], [], [], [], []
+    q = 0
+    for group, slate_tops in tops.items():
+        for top in slate_tops:
+            protected.append((q, group))
+            for o in OPTIONS:
+                qid.append(q)
+                borrower.append(q)
+                option.append(o)
+                score.append(float(o == top))
+                label.append(1)  # every order is ideal: NDCG is 1 for everyone
+            q += 1
+    return fairness_report(
+        scores=np.asarray(score),
+        qid=np.asarray(qid),
+        option_ids=np.asarray(option),
+        labels=np.asarray(label),
+        borrower_ids=np.asarray(borrower),
+        protected=pd.DataFrame(protected, columns=["borrower_id", "gender"]),
+        n_bootstrap=n_bootstrap,
+    )
+
+
+@pytest.mark.parametrize(
+    ("m_plan_first", "passed", "warned"),
+    [(100, True, False), (85, False, True), (79, False, False), (95, True, False)],
+    ids=["equal", "0.85-but-sms-only-for-m", "0.79", "0.95-sms-rare"],
+)
+def test_exposure_ratio_bound(m_plan_first: int, passed: bool, warned: bool) -> None:
+    decision = check_promotion(_two_groups(m_plan_first))
+    assert decision.passed is passed
+    assert any("exposure" in w for w in decision.warnings) is warned
+
+
+@pytest.mark.parametrize(
+    ("min_ratio", "warn_ratio", "passed", "warned"),
+    [(0.8, 0.9, True, True), (0.9, 0.9, False, False), (0.5, 0.5, True, False)],
+)
+def test_configured_ratio_bounds_refuse_and_warn(
+    min_ratio: float, warn_ratio: float, passed: bool, warned: bool
+) -> None:
+    """m gets the plan first 85 % as often as f; sms (the rest) is too rare to judge."""
+    report = _two_groups(85)
+    config = FairnessGateConfig(
+        min_exposure_ratio=min_ratio, warn_exposure_ratio=warn_ratio, min_option_share=0.2
+    )
+    decision = check_promotion(report, config)
+    assert decision.passed is passed
+    assert any("payment_plan" in w for w in decision.warnings) is warned
+
+
+def test_confidence_intervals_give_small_samples_the_benefit_of_the_doubt() -> None:
+    report = _two_groups(30, n=40, n_bootstrap=400)  # plan ratio 0.75, sms 0 vs 0.25
+    strict = FairnessGateConfig(min_option_share=0.2)
+    lenient = strict.model_copy(update={"use_confidence_interval": True})
+    plan = report["attributes"]["gender"]["exposure"]["payment_plan"]["ratio"]
+    assert plan["value"] < 0.8 < plan["ci"][1]
+    strict_reasons = check_promotion(report, strict).reasons
+    lenient_reasons = check_promotion(report, lenient).reasons
+    assert any("payment_plan" in r for r in strict_reasons)
+    assert not any("payment_plan" in r for r in lenient_reasons)
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        (
+            {"warn_exposure_ratio": 0.7},
+            "warn_exposure_ratio (0.7) must be >= min_exposure_ratio (0.8)",
+        ),
+        ({"min_exposure_ratio": 1.5}, "min_exposure_ratio"),
+        ({"max_ndcg_difference": -0.1}, "max_ndcg_difference"),
+        ({"bound": 0.8}, "bound"),
+    ],
+    ids=["warn-below-min", "ratio-above-1", "negative-difference", "unknown-field"],
+)
+def test_invalid_gate_configs_name_the_field(values: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        FairnessGateConfig(**values)
+    with pytest.raises(InvalidInput) as info:
+        load_gate_config(values)
+    assert fragment.split(" ")[0] in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: r.pop("attributes"), "attributes"),
+        (lambda r: r.update(k="three"), "k"),
+        (lambda r: r["attributes"]["gender"].pop("exposure"), "attributes.gender.exposure"),
+    ],
+    ids=["no-attributes", "bad-k", "no-exposure"],
+)
+def test_a_malformed_report_is_refused_naming_the_field(mutate: Any, field: str) -> None:
+    report = _two_groups(100, n=40, n_bootstrap=0)
+    mutate(report)
+    with pytest.raises(InvalidInput) as info:
+        check_promotion(report)
+    assert info.value.field == field
+
+
+def test_unknown_attribute_and_missing_intervals_are_refused() -> None:
+    report = _two_groups(100, n=40, n_bootstrap=0)
+    with pytest.raises(InvalidInput, match="age_band"):
+        check_promotion(report, FairnessGateConfig(attributes=("age_band",)))
+    with pytest.raises(InvalidInput, match="n_bootstrap=0"):
+        check_promotion(report, FairnessGateConfig(use_confidence_interval=True))
+
+
+def test_require_promotion_raises_unless_overridden_with_a_justification() -> None:
+    report = _two_groups(30, n=60, n_bootstrap=0)
+    with pytest.raises(GateRefused) as info:
+        require_promotion(report, version="v1")
+    assert info.value.version == "v1"
+    assert any("payment_plan" in r for r in info.value.reasons)
+    override = GateOverride(
+        by="risk-officer", justification="Plan eligibility differs by state law; reviewed."
+    )
+    decision = require_promotion(report, version="v1", override=override)
+    assert decision.passed
+    assert decision.reasons  # the refusal stays on record
+    assert "overridden by risk-officer: Plan eligibility" in decision.warnings[-1]
+    with pytest.raises(ValidationError, match="justification"):
+        GateOverride(by="someone", justification="because")
+    assert decision.to_dict()["passed"] is True
