@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ from attune.errors import (
     VersionNotFound,
 )
 from attune.registry import Registry
-from attune.registry.gates import outcome_of
+from attune.registry.gates import fairness_gate, outcome_of
 from attune.registry.models import MANIFEST, VERSION_ID
 
 T0 = datetime(2026, 11, 28, 1, 22, 33, tzinfo=UTC)
@@ -379,34 +379,79 @@ def test_shadow_is_never_gated(registry: Registry) -> None:
     assert gate.seen == []
 
 
-@pytest.fixture
-def governance_gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Install a stand-in ``attune.governance.gate`` whose verdict the test controls."""
-    state: dict[str, Any] = {"passed": True, "calls": []}
-    module = types.ModuleType("attune.governance.gate")
+def _fairness_report(b_share: float) -> dict[str, Any]:
+    """A real fairness report: group a always sees payment_plan first, group b in ``b_share``."""
+    import numpy as np
+    import pandas as pd
 
-    class GateConfig:
-        max_gap = 0.1
+    from attune.governance.fairness import fairness_report
 
-    def check_promotion(fairness_report: dict[str, Any], config: GateConfig) -> Any:
-        state["calls"].append((fairness_report, config.max_gap))
-        return types.SimpleNamespace(passed=state["passed"], reasons=["gap too wide"])
+    n = 120
+    qid = np.repeat(np.arange(n), 2)
+    group = np.where(np.arange(n) % 2 == 0, "a", "b")
+    flipped = np.zeros(n, dtype=bool)
+    b_rows = np.flatnonzero(group == "b")
+    flipped[b_rows[round(b_share * len(b_rows)) :]] = True
+    scores = np.where(np.repeat(flipped, 2), np.tile([0.0, 1.0], n), np.tile([1.0, 0.0], n))
+    return fairness_report(
+        scores=scores,
+        qid=qid,
+        option_ids=np.tile(["payment_plan", "pay_now"], n),
+        labels=np.tile([1, 0], n),
+        borrower_ids=qid,
+        protected=pd.DataFrame({"borrower_id": np.arange(n), "gender": group}),
+        n_bootstrap=0,
+    )
 
-    module.GateConfig = GateConfig  # type: ignore[attr-defined]
-    module.check_promotion = check_promotion  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "attune.governance.gate", module)
-    yield state
+
+@pytest.fixture(scope="module")
+def reports() -> dict[str, dict[str, Any]]:
+    """Fairness reports that the governance gate's default bounds pass / refuse."""
+    return {share: _fairness_report(value) for share, value in REPORT_SHARES.items()}
 
 
-def test_default_gate_is_the_governance_check(
-    registry: Registry, governance_gate: dict[str, Any]
+REPORT_SHARES = {"fair": 1.0, "mild": 0.95, "biased": 0.0}
+
+
+def _with_report(report: dict[str, Any]) -> dict[str, bytes]:
+    return {**FILES, "fairness.json": json.dumps(report).encode()}
+
+
+def test_default_gate_is_the_governance_fairness_gate(
+    registry: Registry, reports: dict[str, dict[str, Any]]
 ) -> None:
+    fair = registry.register(_with_report(reports["fair"]), metadata={})
+    move = registry.set_alias("canary", fair, by="ana")
+    assert move.gate is not None and move.gate.passed
+    biased = registry.register(_with_report(reports["biased"]), metadata={})
+    with pytest.raises(GateRefused, match="exposure of payment_plan") as caught:
+        registry.set_alias("champion", biased, by="ana")
+    assert caught.value.gate == "fairness" and caught.value.version == biased
+    assert registry.aliases() == {"canary": fair}
+
+
+def test_invalid_fairness_report_is_a_refusal_that_can_be_overridden(registry: Registry) -> None:
     version = registry.register(FILES, metadata={})
-    registry.set_alias("canary", version, by="ana")
-    assert governance_gate["calls"] == [({"max_gap": 0.01}, 0.1)]
-    governance_gate["passed"] = False
-    with pytest.raises(GateRefused, match="gap too wide"):
+    with pytest.raises(GateRefused, match=r"invalid fairness\.json"):
         registry.set_alias("champion", version, by="ana")
+    move = registry.set_alias(
+        "champion", version, by="ana", override=True, justification="report rebuilt offline"
+    )
+    assert move.override and move.gate is not None
+    assert "invalid fairness.json" in move.gate.reasons[0]
+
+
+def test_gate_bounds_come_from_the_gate_config(
+    registry: Registry, reports: dict[str, dict[str, Any]]
+) -> None:
+    version = registry.register(_with_report(reports["mild"]), metadata={})
+    strict = fairness_gate({"min_exposure_ratio": 0.97, "warn_exposure_ratio": 0.99})
+    with pytest.raises(GateRefused, match=r"below 0\.97"):
+        registry.set_alias("canary", version, by="ana", gate=strict)
+    assert registry.set_alias("canary", version, by="ana").version == version
+    with pytest.raises(ConfigError) as caught:
+        fairness_gate({"min_exposure_ratio": 2})
+    assert caught.value.field == "min_exposure_ratio"
 
 
 def test_missing_governance_module_refuses_promotion(
@@ -442,9 +487,9 @@ def test_gate_decision_without_a_verdict_is_an_error(decision: Any) -> None:
 
 
 def test_cli_list_show_and_alias(
-    registry: Registry, governance_gate: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    registry: Registry, reports: dict[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    version = registry.register(FILES, metadata={"objective": "rank:ndcg"})
+    version = registry.register(_with_report(reports["fair"]), metadata={"objective": "x"})
     assert main(["registry", "alias", "canary", version, "--registry", registry.uri]) == 0
     move = json.loads(capsys.readouterr().out)
     assert move["version"] == version and move["by"]
@@ -460,10 +505,9 @@ def test_cli_list_show_and_alias(
 
 
 def test_cli_refusal_and_override(
-    registry: Registry, governance_gate: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    registry: Registry, reports: dict[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    version = registry.register(FILES, metadata={})
-    governance_gate["passed"] = False
+    version = registry.register(_with_report(reports["biased"]), metadata={})
     args = ["registry", "alias", "champion", version, "--registry", registry.uri, "--by", "ana"]
     assert main(args) == 2
     assert json.loads(capsys.readouterr().err.splitlines()[-1])["error"] == "GateRefused"
@@ -489,3 +533,23 @@ def test_cli_defaults_to_the_store_registry(
         assert "AliasNotFound" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_gate_config_sets_the_bounds(
+    registry: Registry,
+    reports: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    version = registry.register(_with_report(reports["mild"]), metadata={})
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("min_exposure_ratio: 0.97\nwarn_exposure_ratio: 0.99\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("min_exposure_ratio: [unclosed\n")
+    args = ["registry", "alias", "canary", version, "--registry", registry.uri]
+    assert main([*args, "--gate-config", str(strict)]) == 2
+    assert "GateRefused" in capsys.readouterr().err
+    assert main([*args, "--gate-config", str(broken)]) == 2
+    assert '"field": "--gate-config"' in capsys.readouterr().err
+    assert main(args) == 0
+    assert registry.resolve("canary") == version

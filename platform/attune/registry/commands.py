@@ -3,8 +3,8 @@
 ``--registry`` defaults to ``<ATTUNE_STORE>/registry``. ``list`` prints a table (or
 JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
 ``metrics.json``, the aliases that point at it and its alias history, as JSON;
-``alias`` moves an alias through the fairness gate (see :mod:`attune.registry.gates`)
-and prints the recorded move.
+``alias`` moves an alias through the fairness gate (see :mod:`attune.registry.gates`;
+``--gate-config`` sets its bounds) and prints the recorded move.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def register(subparsers: Any) -> None:
         "--override", action="store_true", help="Move even if the fairness gate refuses."
     )
     alias.add_argument("--justification", default=None, help="Why (required with --override).")
+    alias.add_argument(
+        "--gate-config",
+        default=None,
+        metavar="URI",
+        help="YAML/JSON fairness-gate bounds (default: the governance stage's defaults).",
+    )
     alias.set_defaults(handler=_alias)
 
 
@@ -156,12 +162,31 @@ def _show(args: argparse.Namespace) -> int:
 
 def _alias(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    gate: dict[str, Any] = {}
+    if args.gate_config:
+        import yaml
+
+        from attune import storage
+        from attune.registry.gates import fairness_gate
+
+        try:
+            bounds = yaml.safe_load(storage.read_bytes(args.gate_config)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                field="--gate-config", value=args.gate_config, problem=str(exc)
+            ) from exc
+        if not isinstance(bounds, dict):
+            raise ConfigError(
+                field="--gate-config", value=args.gate_config, problem="must hold a mapping"
+            )
+        gate["gate"] = fairness_gate(bounds)
     move = registry.set_alias(
         args.alias,
         args.ref,
         by=args.by or _current_user(),
         justification=args.justification,
         override=args.override,
+        **gate,
     )
     print(move.model_dump_json(indent=2))
     return 0

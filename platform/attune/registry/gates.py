@@ -2,18 +2,19 @@
 
 Moving ``champion`` or ``canary`` runs a :class:`PromotionGate` on the version's
 ``fairness.json``. The registry does not judge fairness itself: the default gate is the
-governance stage's ``attune.governance.gate.check_promotion(fairness_report, config)``,
-loaded lazily when that module is installed. When it is not, there is no gate to pass
+governance stage's :func:`attune.governance.gate.check_promotion` with its default
+bounds, or with a :class:`~attune.governance.gate.FairnessGateConfig` passed to
+:func:`fairness_gate`. When that module cannot be imported there is no gate to pass,
 and the move is refused unless overridden: a promotion is never silently ungated.
 
-What the registry needs from a gate decision is only ``passed`` (bool; ``allowed`` or
-``approved`` are accepted as synonyms) and ``reasons`` (a sequence of strings).
+What the registry reads from a gate's decision is only ``passed`` (bool; ``allowed`` or
+``approved`` are accepted as synonyms) and ``reasons`` (a sequence of strings), from an
+object, a mapping or a plain bool.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -49,25 +50,24 @@ def outcome_of(decision: Any, *, gate: str = FAIRNESS_GATE) -> GateOutcome:
     return GateOutcome(gate=gate, passed=passed, reasons=[str(r) for r in reasons])
 
 
-def default_promotion_gate() -> PromotionGate | None:
-    """The governance stage's fairness gate, or None when that module is not installed."""
+def fairness_gate(config: Mapping[str, Any] | None = None) -> PromotionGate | None:
+    """The governance fairness gate with ``config`` bounds (None: its defaults).
+
+    Returns None when the governance gate module is not installed. ``config`` is
+    validated by the governance stage (ConfigError names a bad field).
+    """
     try:
         module = importlib.import_module(GOVERNANCE_GATE_MODULE)
     except ModuleNotFoundError as exc:
         if exc.name == GOVERNANCE_GATE_MODULE:
             return None
         raise
-    check = getattr(module, "check_promotion", None)
-    if check is None:
-        return None
-    params = list(inspect.signature(check).parameters.values())
-    needs_config = len(params) > 1 and params[1].default is inspect.Parameter.empty
-    if not needs_config:
+    check = module.check_promotion
+    if config is None:
         return check
-    config_type = getattr(module, "GateConfig", None)
-    config = config_type() if config_type is not None else None
+    bounds = module.load_gate_config(config)
 
     def _gate(fairness_report: Mapping[str, Any]) -> Any:
-        return check(dict(fairness_report), config)
+        return check(fairness_report, bounds)
 
     return _gate

@@ -46,11 +46,12 @@ from attune.errors import (
     ConfigError,
     Conflict,
     GateRefused,
+    InvalidInput,
     StoreNotFound,
     VersionExists,
     VersionNotFound,
 )
-from attune.registry.gates import FAIRNESS_GATE, PromotionGate, default_promotion_gate, outcome_of
+from attune.registry.gates import FAIRNESS_GATE, PromotionGate, fairness_gate, outcome_of
 from attune.registry.models import (
     ALIASES,
     FAIRNESS,
@@ -311,8 +312,8 @@ class Registry:
         """Point ``alias`` at ``version`` (a version id, or another alias to copy from).
 
         Moving ``champion`` or ``canary`` first runs ``gate`` on the version's
-        ``fairness.json`` (default: the governance stage's fairness gate; ``None`` or a
-        missing report counts as a refusal). A refusal raises GateRefused unless
+        ``fairness.json`` (default: the governance stage's fairness gate; ``None``, a
+        missing or an invalid report counts as a refusal). A refusal raises GateRefused unless
         ``override`` is set, which needs a ``justification`` and is recorded. Every move is
         appended to the alias log. Raises ConfigError for a bad alias name or an
         unjustified override, and VersionNotFound / AliasNotFound for ``version``.
@@ -334,9 +335,7 @@ class Registry:
             previous = None
         outcome: GateOutcome | None = None
         if request.alias in GATED_ALIASES:
-            outcome = self._run_gate(
-                info, default_promotion_gate() if gate is _DEFAULT_GATE else gate
-            )
+            outcome = self._run_gate(info, fairness_gate() if gate is _DEFAULT_GATE else gate)
             if not outcome.passed and not request.override:
                 raise GateRefused(gate=outcome.gate, version=info.version, reasons=outcome.reasons)
         move = AliasMove(
@@ -372,7 +371,16 @@ class Registry:
                 reasons=[f"version {info.version} has no {FAIRNESS}"],
             )
         report = json.loads(self._read_verified(info, FAIRNESS))
-        return outcome_of(gate(report))
+        try:
+            return outcome_of(gate(report))
+        except InvalidInput as exc:
+            # An unreadable report is a refusal like any other: it can be overridden,
+            # and the override is recorded with the reason.
+            return GateOutcome(
+                gate=FAIRNESS_GATE,
+                passed=False,
+                reasons=[f"invalid {FAIRNESS}: {exc.message}"],
+            )
 
     def history(self, *, alias: str | None = None, version: str | None = None) -> list[AliasMove]:
         """Alias moves, oldest first; only those of ``alias`` and/or involving ``version``."""
