@@ -88,13 +88,9 @@ def nan_onnx() -> bytes:
 
 
 def model_files(onnx_bytes: bytes, spec: FeatureSpec | None = None) -> dict[str, bytes]:
-    """The files a registry version needs for serving (plus an empty fairness report)."""
+    """The files a registry version needs for serving (no fairness report: moves override)."""
     spec = spec or default_spec()
-    return {
-        "model.onnx": onnx_bytes,
-        "feature_spec.json": spec.to_json().encode(),
-        "fairness.json": json.dumps({"groups": {}}).encode(),
-    }
+    return {"model.onnx": onnx_bytes, "feature_spec.json": spec.to_json().encode()}
 
 
 class DictStore:
@@ -179,3 +175,60 @@ def wait_http_ok(url: str, timeout: float = 120.0) -> None:
             last = exc
         time.sleep(0.25)
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s: {last}")
+
+
+# --------------------------------------------------------------------------- offline features
+
+
+def offline_borrower_features(seed: int = 0, n_borrowers: int = 3) -> Any:
+    """Borrower features as ``attune preprocess`` computes them, from a tiny random history.
+
+    Returns the ``attune.data.features.borrower_features`` frame: one row per borrower,
+    as of 2026-03-01, with every BORROWER_FEATURES column.
+    """
+    import pandas as pd
+
+    from attune.data.features import borrower_features
+
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2025-09-01", tz="UTC")
+    types = ["installment_due", "payment_on_time", "payment_late", "login", "outreach_sent",
+             "outreach_delivered", "outreach_opened", "autopay_on", "hardship_flag"]  # fmt: skip
+    rows = []
+    for b in range(n_borrowers):
+        for _ in range(40):
+            kind = str(rng.choice(types))
+            rows.append(
+                {
+                    "borrower_id": b,
+                    "ts": start + pd.Timedelta(minutes=int(rng.integers(0, 180 * 24 * 60))),
+                    "event_type": kind,
+                    "amount": float(rng.uniform(50, 300)) if "pay" in kind or "due" in kind else 0,
+                    "channel": str(rng.choice(["sms", "email", "push"])) if "outreach" in kind
+                    else None,
+                }
+            )  # fmt: skip
+    events = pd.DataFrame(rows)
+    borrowers = pd.DataFrame(
+        {
+            "borrower_id": range(n_borrowers),
+            "income_monthly": rng.uniform(2000, 6000, n_borrowers),
+            "income_volatility": rng.uniform(0, 1, n_borrowers),
+        }
+    )
+    loans = pd.DataFrame(
+        {
+            "borrower_id": range(n_borrowers),
+            "origination_ts": [start - pd.Timedelta(days=30)] * n_borrowers,
+            "term_months": [36] * n_borrowers,
+            "installment": rng.uniform(100, 400, n_borrowers),
+            "apr": rng.uniform(0.05, 0.3, n_borrowers),
+        }
+    )
+    queries = pd.DataFrame(
+        {
+            "borrower_id": range(n_borrowers),
+            "ts": [pd.Timestamp("2026-03-01", tz="UTC")] * n_borrowers,
+        }
+    )
+    return borrower_features(events, queries, borrowers=borrowers, loans=loans)

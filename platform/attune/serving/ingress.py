@@ -19,16 +19,17 @@ Collaborators are injected: ``RankingIngress(args, online=..., explainer=...)``;
 defaults come from :func:`_default_collaborators`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Serve ships the deployment class by value,
+# and FastAPI must see the route annotations as real types, not names to resolve later.
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi import Request as FastAPIRequest
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
@@ -98,6 +99,28 @@ async def _attune_error(request: FastAPIRequest, exc: AttuneError) -> JSONRespon
     return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
 
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: FastAPIRequest, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(validation_error_body(exc.errors()), status_code=422)
+
+
+def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
+    """The ErrorBody of a request that failed validation: every offending field, dotted."""
+    problems = [
+        {
+            "field": ".".join(str(part) for part in error.get("loc", ())),
+            "problem": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in errors
+    ]
+    return {
+        "error": "RequestValidationError",
+        "message": "; ".join(f"{p['field']}: {p['problem']}" for p in problems),
+        "details": {"fields": [p["field"] for p in problems], "errors": problems},
+    }
+
+
 def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
     """Registry-backed model store and parquet decision log under the store."""
     from attune.registry import Registry
@@ -124,6 +147,21 @@ def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
     }
 
 
+# Serve captures the class at decoration time: helpers it uses must be defined above it.
+def _log_errors(fn: Callable[..., Any]) -> Callable[..., None]:
+    def run(**kwargs: Any) -> None:
+        try:
+            fn(**kwargs)
+        except Exception:  # a thread has no caller to raise to
+            log.exception("persisting the guardrail rollback failed")
+
+    return run
+
+
+def _safe_id(tag: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in tag)[:64]
+
+
 @serve.deployment(
     name=INGRESS_NAME,
     max_ongoing_requests=64,
@@ -142,11 +180,13 @@ class RankingIngress:
         online: OnlineFeatures | None = None,
         explainer: Explainer | None = None,
     ) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self._decision_log: DecisionLog | None = None
         context = serve.get_replica_context()
         self._args = args
         self._app_name = context.app_name
         collaborators = _default_collaborators(args, _safe_id(context.replica_tag))
-        self._decision_log: DecisionLog | None = collaborators["decision_log"]
+        self._decision_log = collaborators["decision_log"]
         self._service = RankingService(
             rollout=args.rollout,
             replica_id=context.replica_tag,
@@ -157,7 +197,6 @@ class RankingIngress:
             **collaborators,
         )
         self._wake: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._failure: BaseException | None = None
         self._rollback_threads: list[threading.Thread] = []
 
@@ -272,17 +311,3 @@ class RankingIngress:
         )
         thread.start()
         self._rollback_threads.append(thread)
-
-
-def _log_errors(fn: Callable[..., Any]) -> Callable[..., None]:
-    def run(**kwargs: Any) -> None:
-        try:
-            fn(**kwargs)
-        except Exception:  # a thread has no caller to raise to
-            log.exception("persisting the guardrail rollback failed")
-
-    return run
-
-
-def _safe_id(tag: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in tag)[:64]

@@ -6,7 +6,7 @@ Prometheus and the Ray dashboard's metrics view. Names are prefixed ``attune_``:
     attune_rank_requests_total{arm, model_version}         answered rankings
     attune_rank_errors_total{arm, model_version}            failed model calls
     attune_rank_latency_ms{arm, model_version}              in-replica latency (histogram)
-    attune_rank_scores{arm, model_version}                  top score per decision (histogram)
+    attune_rank_top_score{arm, model_version}               sigmoid(top score) per decision
     attune_model_calls_total{role, model_version}           ONNX Runtime calls, shadow included
     attune_shadow_dropped_total                             mirrored requests dropped (queue full)
     attune_decisions_dropped_total                          decision-log records dropped
@@ -19,10 +19,13 @@ Prometheus and the Ray dashboard's metrics view. Names are prefixed ``attune_``:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, cast
 
 _LATENCY_MS_BUCKETS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 1000]
-_SCORE_BUCKETS = [-5, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 5, 10, 100]
+# Ray histograms take positive boundaries only, and ranker scores are unbounded margins
+# of either sign: scores are recorded as sigmoid(score), in (0, 1).
+_SCORE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 
 class ServingMetrics(Protocol):
@@ -84,8 +87,8 @@ class RayServeMetrics:
             tag_keys=arm_keys,
         )
         self._scores = metrics.Histogram(
-            "attune_rank_scores",
-            description="Top score of each decision.",
+            "attune_rank_top_score",
+            description="sigmoid(top score) of each decision.",
             boundaries=_SCORE_BUCKETS,
             tag_keys=arm_keys,
         )
@@ -113,7 +116,7 @@ class RayServeMetrics:
         tags = {"arm": arm, "model_version": version}
         self._requests.inc(tags=tags)
         self._latency.observe(latency_ms, tags=tags)
-        self._scores.observe(top_score, tags=tags)
+        self._scores.observe(_sigmoid(top_score), tags=tags)
 
     def model_call(self, *, role: str, version: str, ok: bool) -> None:
         self._calls.inc(tags={"role": role, "model_version": version})
@@ -132,3 +135,7 @@ class RayServeMetrics:
 
     def canary_share(self, share: float) -> None:
         self._canary_share.set(share)
+
+
+def _sigmoid(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x)) if math.isfinite(x) else (1.0 if x > 0 else 0.0)

@@ -1,0 +1,90 @@
+"""Sticky canary assignment and shadow sampling (attune.serving.traffic)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from attune.errors import ConfigError
+from attune.serving.traffic import TrafficSplit, hash_borrower, unit_hash
+
+BORROWERS = range(20_000)
+
+
+def _canary_set(split: TrafficSplit) -> set[int]:
+    return {b for b in BORROWERS if split.arm(b) == "canary"}
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.5, 0.9])
+def test_canary_takes_its_share_of_borrowers(share: float) -> None:
+    """A share s puts s of distinct borrowers on the canary (within 3 standard errors)."""
+    taken = len(_canary_set(TrafficSplit(salt="r1", canary_share=share))) / len(BORROWERS)
+    tolerance = 3 * math.sqrt(share * (1 - share) / len(BORROWERS))
+    assert abs(taken - share) < tolerance
+
+
+def test_a_borrower_keeps_its_arm_across_calls_and_replicas() -> None:
+    """The arm is a pure function of salt and id: two split objects agree on every borrower."""
+    one, other = (
+        TrafficSplit(salt="r1", canary_share=0.3),
+        TrafficSplit(salt="r1", canary_share=0.3),
+    )
+    assert all(one.arm(b) == other.arm(b) == one.arm(b) for b in range(2_000))
+
+
+def test_raising_the_share_only_adds_borrowers_to_the_canary() -> None:
+    small = _canary_set(TrafficSplit(salt="r1", canary_share=0.1))
+    large = _canary_set(TrafficSplit(salt="r1", canary_share=0.3))
+    assert small < large
+
+
+def test_a_new_salt_draws_a_fresh_canary_population() -> None:
+    """Two salts at 50 % overlap like independent draws (~25 %), not like the same set."""
+    first = _canary_set(TrafficSplit(salt="r1", canary_share=0.5))
+    second = _canary_set(TrafficSplit(salt="r2", canary_share=0.5))
+    overlap = len(first & second) / len(BORROWERS)
+    assert 0.23 < overlap < 0.27
+
+
+@pytest.mark.parametrize(("share", "expected"), [(0.0, "champion"), (1.0, "canary")])
+def test_extreme_shares_send_everyone_to_one_arm(share: float, expected: str) -> None:
+    split = TrafficSplit(salt="r1", canary_share=share)
+    assert {split.arm(b) for b in range(1_000)} == {expected}
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("canary_share", {"canary_share": -0.1}),
+        ("canary_share", {"canary_share": 1.5}),
+        ("canary_share", {"canary_share": float("nan")}),
+        ("shadow_share", {"shadow_share": 2.0}),
+        ("salt", {"salt": ""}),
+    ],
+)
+def test_invalid_splits_are_refused_naming_the_field(field: str, kwargs: dict) -> None:
+    with pytest.raises(ConfigError) as err:
+        TrafficSplit(**{"salt": "r1", **kwargs})
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_shadow_mirrors_its_share_of_requests(share: float) -> None:
+    split = TrafficSplit(salt="r1", shadow_share=share)
+    mirrored = sum(split.mirror(f"decision-{i}") for i in range(10_000)) / 10_000
+    assert abs(mirrored - share) < 0.015
+
+
+def test_unit_hash_is_uniform_on_the_unit_interval() -> None:
+    values = [unit_hash(i, salt="s") for i in range(10_000)]
+    assert min(values) >= 0.0 and max(values) < 1.0
+    deciles = [sum(1 for v in values if k / 10 <= v < (k + 1) / 10) for k in range(10)]
+    assert all(900 < count < 1100 for count in deciles)
+
+
+def test_logged_borrower_hash_is_salted_and_hides_the_id() -> None:
+    digest = hash_borrower(123456789, salt="secret")
+    assert digest == hash_borrower(123456789, salt="secret")
+    assert digest != hash_borrower(123456789, salt="other")
+    assert "123456789" not in digest and len(digest) == 16
