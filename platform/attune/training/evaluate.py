@@ -17,7 +17,7 @@ Two kinds of figures, written together to ``metrics.json`` with PNG plots beside
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attune import storage
-from attune.data.schema import SLATE_SIZE, TOUCHPOINTS
+from attune.data.ground_truth import GroundTruth
+from attune.data.schema import OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
 from attune.data.spec import BORROWER_FEATURES, CONTEXT_FEATURES, FeatureSpec
-from attune.errors import FeatureSpecMismatch, StoreNotFound
+from attune.errors import FeatureSpecMismatch, SchemaError
 from attune.training.dataset import RankingSplit
 
 #: A row is "completed" (relevant for MAP, precision and recall) at this label or above.
@@ -225,107 +225,62 @@ def presentations_from_split(split: RankingSplit, spec: FeatureSpec) -> Presenta
     )
 
 
-def _slate_value(values: np.ndarray, bias: np.ndarray, slates: np.ndarray) -> np.ndarray:
-    """Expected reward of each presentation's slate: sum_k bias_k * value(p, slate_k)."""
-    shown = np.where(slates >= 0, np.take_along_axis(values, np.maximum(slates, 0), 1), 0.0)
-    return np.asarray(shown @ bias[: slates.shape[1]])
-
-
 def policy_evaluation(
-    presentations: Presentations,
-    *,
-    score: Scorer,
-    values: np.ndarray,
-    position_bias: Sequence[float],
+    presentations: Presentations, *, score: Scorer, ground_truth: GroundTruth
 ) -> PolicyReport:
-    """Price the model's slates and the reference policies with the ground truth.
+    """Price the model's slates and the reference policies with the simulator's ground truth.
 
-    ``values[p, o]`` is the true value of option ``o`` at presentation ``p`` (rows in
-    ``presentations.qid`` order, columns in catalog order); ``position_bias[k]`` the
-    probability that position ``k + 1`` is examined. The model's slate is its top
-    ``len(position_bias)`` candidates by ``score``; random is the expectation over
-    uniformly random slates; best fixed is the one slate (same order for everyone)
-    with the highest mean value over these presentations; the oracle puts the best
-    options at the most-examined positions.
+    The model's slate is its top three candidates by ``score`` (best at position 1);
+    random, legacy (the logged slates), best fixed and oracle are priced by
+    :func:`attune.data.ground_truth.policy_values`. Raises :class:`FeatureSpecMismatch`
+    when the candidates are not in catalog order and :class:`SchemaError` when a logged
+    slate is incomplete.
     """
-    n, n_opt = len(presentations.qid), len(presentations.options)
-    bias = np.asarray(position_bias, dtype=np.float64)
-    k = len(bias)
-    if values.shape != (n, n_opt):
+    from attune.data.ground_truth import best_fixed_slate, policy_values, share_of_oracle_lift
+
+    if tuple(presentations.options) != OPTION_IDS:
         raise FeatureSpecMismatch(
-            expected=(n, n_opt), actual=values.shape, problem="ground-truth values shape"
+            expected=list(OPTION_IDS),
+            actual=list(presentations.options),
+            problem="candidates must follow the catalog order of the ground truth",
         )
+    incomplete = np.flatnonzero((presentations.logged < 0).any(axis=1))
+    if len(incomplete):
+        raise SchemaError(
+            file="test split",
+            column="position",
+            problem=f"presentation {int(presentations.qid[incomplete[0]])} shows fewer than "
+            f"{SLATE_SIZE} options ({len(incomplete)} such presentations)",
+        )
+    n, n_opt = len(presentations.qid), len(presentations.options)
     scores = np.asarray(score(presentations.candidates), dtype=np.float64).reshape(n, n_opt)
-    by_bias = np.argsort(-bias, kind="stable")  # positions, most examined first
-    model = np.empty((n, k), dtype=np.int64)
-    model[:, by_bias] = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    oracle = np.empty((n, k), dtype=np.int64)
-    oracle[:, by_bias] = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    fixed = np.empty(k, dtype=np.int64)
-    fixed[by_bias] = np.argsort(-values.mean(axis=0), kind="stable")[:k]
-    out = {
-        "random": float(bias.sum() * values.mean()),
-        "legacy": float(_slate_value(values, bias, presentations.logged[:, :k]).mean()),
-        "best_fixed": float(_slate_value(values, bias, np.tile(fixed, (n, 1))).mean()),
-        "model": float(_slate_value(values, bias, model).mean()),
-        "oracle": float(_slate_value(values, bias, oracle).mean()),
+    values = policy_values(
+        ground_truth,
+        presentation_ids=presentations.qid,
+        model_scores=scores,
+        legacy_slates=presentations.logged,
+    )
+    lift = {p: values[p] - values["random"] for p in POLICIES}
+    share = {
+        p: share_of_oracle_lift(values[p], random=values["random"], oracle=values["oracle"])
+        for p in POLICIES
     }
-    lift = {p: out[p] - out["random"] for p in POLICIES}
-    span = lift["oracle"]
-    share = {p: (lift[p] / span if span > 0 else float("nan")) for p in POLICIES}
+    truth = ground_truth.subset(presentations.qid)
 
     def _mix(top: np.ndarray) -> dict[str, float]:
         counts = np.bincount(top, minlength=n_opt) / max(n, 1)
         return {o: float(c) for o, c in zip(presentations.options, counts, strict=True)}
 
+    fixed = best_fixed_slate(truth, ground_truth.position_bias)
     return PolicyReport(
-        values=out,
+        values={p: values[p] for p in POLICIES},
         lift_over_random=lift,
         share_of_oracle_lift=share,
         presentations=n,
         best_fixed_slate=tuple(presentations.options[i] for i in fixed),
-        model_top1_mix=_mix(model[:, by_bias[0]]),
-        oracle_top1_mix=_mix(oracle[:, by_bias[0]]),
+        model_top1_mix=_mix(np.argmax(scores, axis=1)),
+        oracle_top1_mix=_mix(np.argmax(truth, axis=1)),
     )
-
-
-def ground_truth_matrix(
-    histories: str, qid: np.ndarray, options: Sequence[str]
-) -> tuple[np.ndarray, tuple[float, ...]]:
-    """``(values, position_bias)`` from ``<histories>/ground_truth`` for presentations ``qid``.
-
-    ``values[i, j]`` is the true value of ``options[j]`` at presentation ``qid[i]``.
-    Raises :class:`StoreNotFound` when the ground truth is missing and
-    :class:`FeatureSpecMismatch` when a presentation or option has no value.
-    """
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    root = storage.join(histories, "ground_truth")
-    bias = tuple(
-        float(b)
-        for b in storage.read_json(storage.join(root, "position_bias.json"))["position_bias"]
-    )
-    values_uri = storage.join(root, "values")
-    fs, path = storage.pyarrow_filesystem(values_uri)
-    if not storage.list_uris(values_uri):
-        raise StoreNotFound(uri=values_uri, problem="no ground-truth values")
-    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-        columns=["presentation_id", "option_id", "value"],
-        filter=pc.field("presentation_id").isin(qid.tolist()),
-    )
-    frame = table.to_pandas().pivot_table(
-        index="presentation_id", columns="option_id", values="value", aggfunc="first"
-    )
-    frame = frame.reindex(index=qid, columns=list(options))
-    if frame.isna().to_numpy().any():
-        missing = int(frame.isna().any(axis=1).sum())
-        raise FeatureSpecMismatch(
-            expected=len(qid),
-            actual=len(qid) - missing,
-            problem=f"{missing} test presentations lack a ground-truth value in {values_uri}",
-        )
-    return frame.to_numpy(dtype=np.float64), bias
 
 
 # --------------------------------------------------------------------------- plots

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from attune import storage
+from attune.data.ground_truth import load_ground_truth
 from attune.errors import ConfigError
 from attune.settings import get_settings
 from attune.training import evaluate
@@ -88,7 +89,8 @@ def train_and_register(config: TuneConfig) -> TrainResult:
     test = dataset["test"]
     presentations = evaluate.presentations_from_split(test, dataset.spec)
     # Read the ground truth before the sweep: a missing one should fail in seconds.
-    values, bias = evaluate.ground_truth_matrix(histories, presentations.qid, dataset.spec.options)
+    ground_truth = load_ground_truth(histories)
+    ground_truth.rows(presentations.qid)
 
     with _ray_connected(settings.ray_address):
         sweep = run_sweep(
@@ -104,9 +106,7 @@ def train_and_register(config: TuneConfig) -> TrainResult:
         return np.asarray(booster.inplace_predict(X, predict_type="margin"))
 
     ranking = evaluate.ranking_metrics(test.qid, test.label, score(test.X))
-    policy = evaluate.policy_evaluation(
-        presentations, score=score, values=values, position_bias=bias
-    )
+    policy = evaluate.policy_evaluation(presentations, score=score, ground_truth=ground_truth)
     metrics: dict[str, Any] = {
         "test": ranking,
         **policy.to_dict(),
