@@ -86,9 +86,8 @@ def load_catalog(data: Mapping[str, Any], *, source: str = "catalog") -> ReasonC
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(catalog)"
-        raise ConfigError(
-            field=f"{source}:{where}", value=first.get("input"), problem=first["msg"]
-        ) from exc
+        value = first.get("input") if first["loc"] else None  # not the whole catalog
+        raise ConfigError(field=f"{source}:{where}", value=value, problem=first["msg"]) from exc
 
 
 @dataclass(frozen=True)
