@@ -68,15 +68,28 @@ def test_contributions_plus_bias_equal_the_margin(
     assert np.ptp(margin) > 0.1  # candidates score differently: the check has teeth
 
 
+@pytest.mark.parametrize(("approximate", "method"), [(False, "treeshap"), (True, "saabas")])
 def test_reasons_plus_bias_plus_rest_reproduce_the_margin(
-    booster: xgb.Booster, candidates: np.ndarray
+    booster: xgb.Booster, candidates: np.ndarray, approximate: bool, method: str
 ) -> None:
     margin = booster.inplace_predict(candidates)
-    explanations = ReasonExplainer(booster, FEATURE_NAMES).explain(candidates, top_k=3)
+    explainer = ReasonExplainer(booster, FEATURE_NAMES, approximate=approximate)
+    explanations = explainer.explain(candidates, top_k=3)
     for row, explanation in enumerate(explanations):
+        assert explanation.method == method
         total = explanation.bias + sum(r.contribution for r in explanation.reasons)
         assert total + explanation.rest == pytest.approx(float(margin[row]), abs=1e-4)
         assert explanation.margin == pytest.approx(float(margin[row]), abs=1e-4)
+
+
+def test_approximate_contributions_differ_from_treeshap(
+    booster: xgb.Booster, candidates: np.ndarray
+) -> None:
+    """Saabas is a different attribution; the method field is what tells them apart."""
+    exact = ReasonExplainer(booster, FEATURE_NAMES).contributions(candidates)
+    approx = ReasonExplainer(booster, FEATURE_NAMES, approximate=True).contributions(candidates)
+    np.testing.assert_allclose(exact.sum(axis=1), approx.sum(axis=1), atol=1e-4)
+    assert np.abs(exact - approx).max() > 1e-3
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 5])

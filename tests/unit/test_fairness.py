@@ -59,6 +59,9 @@ def test_exposure_by_group_difference_and_ratio_are_exact() -> None:
     assert (plan["min_group"], plan["max_group"]) == ("m", "f")
     assert plan["overall"]["value"] == pytest.approx(0.75)
     assert plan["four_fifths_flag"] is True
+    never_first = report["attributes"]["gender"]["exposure"]["reminder_sms"]
+    assert never_first["ratio"]["value"] is None
+    assert (never_first["min_group"], never_first["max_group"]) == (None, None)
 
 
 @pytest.mark.parametrize(

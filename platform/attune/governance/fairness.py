@@ -465,7 +465,7 @@ def _attribute_report(
         diff_ci = ratio_ci = None
         if frame is not None and len(reported) > 1:
             column = frame.by_group[name].astype(float)
-            if column.notna().any():
+            if column.notna().any() and column.max() > 0:
                 min_group, max_group = str(column.idxmin()), str(column.idxmax())
             diff = _num(frame.difference()[name])
             ratio = _num(frame.ratio()[name])

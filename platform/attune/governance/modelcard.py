@@ -280,7 +280,7 @@ def render_model_card(
     ]
     if rec.explanations:
         lines += _table(
-            ["reason code", "mean |contribution|"],
+            ["reason code", "mean absolute contribution"],
             list(rec.explanations.get("top_reasons", {}).items()),
         )
     else:
@@ -355,7 +355,8 @@ def _estimate(entry: Mapping[str, Any]) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     if not rows:
         return ["(none)"]
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |"]
+    out.append("|" + "---|" * len(header))
     for row in rows:
         out.append("| " + " | ".join(_fmt(c).replace("|", "\\|") for c in row) + " |")
     return out
