@@ -324,3 +324,61 @@ def test_monitor_refuses_vectors_of_another_feature_spec(
     )
     with pytest.raises(FeatureSpecMismatch, match="other"):
         run_drift_monitor(config)
+
+
+# --------------------------------------------------------------------------- simulator traffic
+
+
+def _simulated_features(tmp_path: Path, seed: int) -> pd.DataFrame:
+    """Point-in-time borrower features at every presentation of a small simulated history."""
+    import pyarrow.dataset as ds
+
+    from attune.data.features import borrower_features
+    from attune.data.simulator import GenerateConfig, generate
+
+    out = tmp_path / f"history-{seed}"
+    generate(
+        GenerateConfig(borrowers=800, months=4, seed=seed, out=str(out), parallel="local"),
+        progress=False,
+    )
+
+    def read(table: str) -> pd.DataFrame:
+        return ds.dataset(out / table, format="parquet", partitioning="hive").to_table().to_pandas()
+
+    queries = read("presentations")[["borrower_id", "ts"]].drop_duplicates()
+    return borrower_features(
+        read("events"), queries, borrowers=read("borrowers"), loans=read("loans")
+    )
+
+
+def _poorer_and_less_engaged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shift the simulator's population: half the income, a third of the app engagement."""
+    import dataclasses
+
+    from attune.data import _shard
+
+    original = _shard.draw_population
+
+    def shifted(*args: Any, **kwargs: Any) -> Any:
+        pop = original(*args, **kwargs)
+        return dataclasses.replace(pop, income=pop.income * 0.5, engagement=pop.engagement / 3)
+
+    monkeypatch.setattr(_shard, "draw_population", shifted)
+
+
+def test_simulated_traffic_drifts_only_when_the_simulator_is_shifted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attune.data.spec import BORROWER_FEATURES
+
+    reference = drift_reference(_simulated_features(tmp_path, seed=1), BORROWER_FEATURES)
+    calm = psi_report(reference, _simulated_features(tmp_path, seed=2))
+    assert calm["max_psi"] < 0.1, calm["flagged"]
+
+    _poorer_and_less_engaged(monkeypatch)
+    shifted = psi_report(reference, _simulated_features(tmp_path, seed=3))
+    for name in ("installment_to_income", "logins_30"):
+        assert shifted["features"][name]["psi"] > 0.25
+        assert name in shifted["flagged"]["alert"]
+    for name in ("apr", "income_volatility"):  # drawn independently of the shift
+        assert shifted["features"][name]["psi"] < 0.1
