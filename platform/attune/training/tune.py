@@ -18,6 +18,7 @@ last round's metrics along with the checkpoint).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,9 @@ class TrialSummary:
     curve: tuple[float, ...]  # validation NDCG after each boosting round
     node_id: str
     nthread: int
-    checkpoint: str | None  # path of the trial's final (best-round) checkpoint
+    checkpoint: str | None  # path of the trial's final checkpoint (every round trained)
     error: str | None = None
+    device: str = ""  # the device XGBoost trained on ("cpu", "cuda:0", ...)
 
     @property
     def rounds(self) -> int:
@@ -254,8 +256,12 @@ class _RoundTracker(xgb.callback.TrainingCallback):
         self.nthread = nthread
         self.round = 0
         self.final = False
+        self.device = ""
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        if epoch == 0:
+            # What the booster actually runs on, as XGBoost resolved it.
+            self.device = json.loads(model.save_config())["learner"]["generic_param"]["device"]
         self.round = epoch + 1
         return False
 
@@ -270,6 +276,7 @@ class _RoundTracker(xgb.callback.TrainingCallback):
             "final": int(self.final),
             "node_id": self.node_id,
             "nthread": self.nthread,
+            "device": self.device,
         }
 
 
@@ -300,6 +307,7 @@ def _summarize(result: Any) -> TrialSummary:
         nthread=int(last.get("nthread", 0)),
         checkpoint=checkpoint,
         error=error,
+        device=str(last.get("device", "")),
     )
 
 
