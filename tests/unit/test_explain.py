@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,10 @@ def test_reasons_plus_bias_plus_rest_reproduce_the_margin(
         total = explanation.bias + sum(r.contribution for r in explanation.reasons)
         assert total + explanation.rest == pytest.approx(float(margin[row]), abs=1e-4)
         assert explanation.margin == pytest.approx(float(margin[row]), abs=1e-4)
+        wire = json.loads(json.dumps(explanation.to_dict()))
+        parts = wire["bias"] + wire["rest"] + sum(r["contribution"] for r in wire["reasons"])
+        assert parts == pytest.approx(wire["margin"], abs=1e-4)
+        assert wire["method"] == method
 
 
 def test_approximate_contributions_differ_from_treeshap(

@@ -124,6 +124,16 @@ class Explanation:
     reasons: tuple[Reason, ...]
     method: Literal["treeshap", "saabas"] = "treeshap"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for an HTTP answer or a log line."""
+        return {
+            "margin": self.margin,
+            "bias": self.bias,
+            "rest": self.rest,
+            "method": self.method,
+            "reasons": [r.to_dict() for r in self.reasons],
+        }
+
 
 class ReasonExplainer:
     """Reason codes for one booster and feature order; build once per model version."""
