@@ -258,3 +258,33 @@ def test_require_promotion_raises_unless_overridden_with_a_justification() -> No
     with pytest.raises(ValidationError, match="justification"):
         GateOverride(by="someone", justification="because")
     assert decision.to_dict()["passed"] is True
+
+
+def test_an_attribute_with_one_comparable_group_is_not_judged_but_noted() -> None:
+    report = _two_groups(0, n=40, n_bootstrap=0)  # m never gets the plan first
+    assert not check_promotion(report).passed
+    report = fairness_report(**_small_m(report_n=40, m_n=5))
+    decision = check_promotion(report)
+    assert decision.passed
+    assert "gender: fewer than two groups are large enough to compare" in decision.warnings
+    assert any("['m'] are below 30" in w for w in decision.warnings)
+
+
+def _small_m(*, report_n: int, m_n: int) -> dict[str, Any]:
+    """f: ``report_n`` presentations with the plan first; m: ``m_n`` without it."""
+    rows, protected = [], []
+    for q in range(report_n + m_n):
+        group = "f" if q < report_n else "m"
+        protected.append((q, group))
+        top = "payment_plan" if group == "f" else "pay_now"
+        rows += [(q, o, float(o == top)) for o in OPTIONS]
+    frame = pd.DataFrame(rows, columns=["qid", "option_id", "score"])
+    return {
+        "scores": frame["score"],
+        "qid": frame["qid"],
+        "option_ids": frame["option_id"],
+        "labels": np.ones(len(frame)),
+        "borrower_ids": frame["qid"],
+        "protected": pd.DataFrame(protected, columns=["borrower_id", "gender"]),
+        "n_bootstrap": 0,
+    }

@@ -151,6 +151,8 @@ def check_promotion(
                 f"{attribute}: groups {part.suppressed_groups} are below "
                 f"{parsed.min_group_size} presentations and were not compared"
             )
+        if len(part.groups) - len(part.suppressed_groups) < 2:
+            warnings.append(f"{attribute}: fewer than two groups are large enough to compare")
         for option, summary in part.exposure.items():
             share = summary.overall.value or 0.0
             if share < config.min_option_share or len(summary.by_group) < 2:
