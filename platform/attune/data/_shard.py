@@ -387,7 +387,7 @@ class ShardSimulator:
         newly = late & ~certain & current_14d
         lo = np.maximum(t, cure.hold[r])
         by_option = own_cure.any(axis=1)
-        natural_ts = lo + (rng.random(r.size) * (t + 14 * DAY - lo)).astype(np.int64)
+        natural_ts = lo + 60 + (rng.random(r.size) * (t + 14 * DAY - lo - 120)).astype(np.int64)
         option_ts = lo + rng.integers(60, HOUR, r.size)
         cure.ts[r[newly]] = np.where(by_option, option_ts, natural_ts)[newly]
         plan_cure = (own_cure & np.isin(slates, bh.PLAN_OPTIONS)).any(axis=1) & late
@@ -460,7 +460,8 @@ class ShardSimulator:
         lo = np.maximum(cure.free_from[i], cure.hold[i])
         span = np.maximum(until[i] - lo, 0)
         hit = self.rng.random(i.size) < 1.0 - np.exp(-hazard[i] * span / DAY)
-        ts = lo + (self.rng.random(i.size) * span).astype(np.int64)
+        # strictly inside the interval: never at the same second as the due date
+        ts = lo + 60 + (self.rng.random(i.size) * np.maximum(span - 120, 0)).astype(np.int64)
         cure.ts[i[hit]] = ts[hit]
 
     def _close_cycle(

@@ -69,29 +69,45 @@ def _weights(scores: np.ndarray) -> np.ndarray:
 
 def plackett_luce_marginals(scores: np.ndarray) -> np.ndarray:
     """Exact P(option at position k) under Plackett-Luce, shape ``(n, n_options, 3)``."""
-    w = _weights(scores)  # normalized: W = 1
+    w = _weights(scores)  # normalized, so W = 1
     n, k = w.shape
-    out = np.empty((n, k, SLATE_SIZE))
+    out = np.zeros((n, k, SLATE_SIZE))
     out[:, :, 0] = w
-    eye = np.eye(k, dtype=bool)
-    # second[n, a, o]: a first, then o
-    rest_a = 1.0 - w  # W - w_a
-    second = w[:, :, None] * w[:, None, :] / rest_a[:, :, None]
-    second[:, eye] = 0.0
-    out[:, :, 1] = second.sum(axis=1)
-    # third[n, a, b, o]: a, then b, then o (all distinct)
-    rest_ab = rest_a[:, :, None] - w[:, None, :]
-    distinct = ~(eye[:, :, None] | eye[:, None, :] | eye[None, :, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        third = second[:, :, :, None] * w[:, None, None, :] / rest_ab[:, :, :, None]
-    third = np.where(distinct[None], third, 0.0)
-    out[:, :, 2] = third.sum(axis=(1, 2))
+    not_self = ~np.eye(k, dtype=bool)
+    # One first pick ``a`` at a time keeps memory at n * k * k.
+    for a in range(k):
+        rest_a = 1.0 - w[:, a]
+        p_a = w[:, a] / rest_a  # P(a first) / (W - w_a)
+        second = p_a[:, None] * w  # P(a first, o second), o != a
+        second[:, a] = 0.0
+        out[:, :, 1] += second
+        # P(a, b, o) = P(a, b) * w_o / (W - w_a - w_b) with a, b, o distinct
+        rest_ab = rest_a[:, None] - w
+        with np.errstate(divide="ignore", invalid="ignore"):
+            third = second[:, :, None] * w[:, None, :] / rest_ab[:, :, None]
+        third[:, :, a] = 0.0
+        third[:, a, :] = 0.0
+        out[:, :, 2] += np.where(not_self[None], third, 0.0).sum(axis=1)
     return out
 
 
 def slate_marginals(scores: np.ndarray, *, epsilon: float = DEFAULT_EPSILON) -> np.ndarray:
     """Exact P(option at position k) of the logging policy, shape ``(n, n_options, 3)``."""
     return epsilon / _N + (1.0 - epsilon) * plackett_luce_marginals(scores)
+
+
+def draw_slates(scores: np.ndarray, *, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """Draw one slate per row, ``(n, 3)`` option indices by position.
+
+    Plackett-Luce draws use the Gumbel-top-k trick (the order of ``scores + Gumbel``
+    noise is a sequential sample without replacement from ``softmax(scores)``).
+    """
+    n = scores.shape[0]
+    gumbel = rng.gumbel(size=(n, _N))
+    explore = np.asarray(rng.random(n)) < epsilon
+    uniform = rng.random((n, _N))
+    keys = np.where(explore[:, None], uniform, scores + gumbel)
+    return np.argsort(-keys, axis=1, kind="stable")[:, :SLATE_SIZE]
 
 
 def sample_slates(
@@ -102,12 +118,7 @@ def sample_slates(
     ``slates`` holds option indices in position order; ``propensities`` the exact
     P(that option at that position) (see the module docstring).
     """
-    n = scores.shape[0]
-    gumbel = rng.gumbel(size=(n, _N))
-    explore = np.asarray(rng.random(n)) < epsilon
-    uniform = rng.random((n, _N))
-    keys = np.where(explore[:, None], uniform, scores + gumbel)
-    slates = np.argsort(-keys, axis=1, kind="stable")[:, :SLATE_SIZE]
+    slates = draw_slates(scores, epsilon=epsilon, rng=rng)
     marg = slate_marginals(scores, epsilon=epsilon)
-    props = marg[np.arange(n)[:, None], slates, np.arange(SLATE_SIZE)[None, :]]
-    return slates, props
+    rows = np.arange(scores.shape[0])[:, None]
+    return slates, marg[rows, slates, np.arange(SLATE_SIZE)[None, :]]
