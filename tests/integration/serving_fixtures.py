@@ -65,7 +65,6 @@ def garbage_onnx(*, seed: int = 7) -> bytes:
 
 def nan_onnx() -> bytes:
     """An ONNX graph with the ranker's signature that answers NaN for every row."""
-    import onnx
     from onnx import TensorProto, helper
 
     features = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, N_FEATURES])

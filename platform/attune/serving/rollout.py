@@ -248,7 +248,8 @@ def plan(request: RolloutRequest, registry: Registry, current: RolloutConfig) ->
             )
         champion = _checked(registry, previous)
         move("champion", champion, safety=True)
-    if current.canary is not None:
+    canary_alias = registry.aliases().get("canary")
+    if current.canary is not None or (canary_alias is not None and canary_alias != champion):
         move("canary", champion, safety=True)
     return current.model_copy(update={"champion": champion, "canary": None, "canary_percent": 0.0})
 

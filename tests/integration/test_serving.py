@@ -1,0 +1,407 @@
+"""The ranking app over real HTTP on the session's Ray cluster (Serve, ONNX Runtime, S3).
+
+One app serves the whole module (deployed from a config, as ``serve deploy`` would);
+each test sets the rollout it needs through the same path as ``attune rollout``. The
+registry is a local directory; the decision log goes to the session's S3 server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from attune import storage
+from attune.data.features import feature_matrix, option_rows
+from attune.data.schema import OPTION_IDS
+from attune.data.spec import BORROWER_FEATURES, default_spec
+from attune.serving.config import RolloutConfig
+from attune.serving.guardrails import GuardrailBounds
+from tests.conftest import wait_for
+from tests.integration.serving_fixtures import (
+    garbage_onnx,
+    http,
+    model_files,
+    nan_onnx,
+    offline_borrower_features,
+    rank_body,
+    ranker_onnx,
+    wait_http_ok,
+)
+
+pytestmark = pytest.mark.integration
+
+APP = "attune-it"
+PREFIX = "/attune-it"
+
+
+@dataclass
+class Serving:
+    base: str
+    registry: Any
+    versions: dict[str, str]
+    store: str
+    seen_decisions: set[str] = field(default_factory=set)
+
+    def rank(self, body: dict[str, Any]) -> Any:
+        return http("POST", f"{self.base}/v1/rank", body)
+
+    def models(self) -> dict[str, Any]:
+        result = http("GET", f"{self.base}/v1/models")
+        assert result.status == 200, result
+        body: dict[str, Any] = result.body
+        return body
+
+    def model_calls(self) -> int:
+        return sum(m["calls"] for m in self.models()["models"])
+
+    def set_rollout(self, rollout: RolloutConfig) -> None:
+        """Reconfigure the running app through its declarative config (the CLI's path)."""
+        from attune.serving.rollout import update_rollout
+
+        update_rollout(APP, lambda _: rollout)
+        champion = self.registry.resolve(rollout.champion)
+        wait_for(
+            lambda: (
+                self.models()["salt"] == rollout.salt
+                and self.models()["models"][0]["version"] == champion
+            ),
+            timeout=60,
+            what="the rollout to reach the replica",
+        )
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Every decision-log row written so far, read back with Ray Data."""
+        import ray.data
+
+        root = storage.join(self.store, "decisions")
+        if not storage.list_uris(root):
+            return []
+        rows: list[dict[str, Any]] = ray.data.read_parquet(**storage.ray_read_args(root)).take_all()
+        return rows
+
+
+@pytest.fixture(scope="module")
+def serving(ray_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from attune.registry import Registry
+    from attune.serving.app import app_config
+    from attune.serving.rollout import deploy
+    from tests.conftest import free_port
+
+    registry = Registry(str(tmp_path_factory.mktemp("registry")))
+    versions = {
+        name: registry.register(model_files(data), metadata={"name": name})
+        for name, data in {
+            "champ": ranker_onnx(seed=1),
+            "cand": ranker_onnx(seed=2),
+            "garbage": garbage_onnx(),
+            "nan": nan_onnx(),
+        }.items()
+    }
+    registry.set_alias("champion", versions["champ"], by="test", justification="t", override=True)
+    bucket = f"serving-{uuid.uuid4().hex[:8]}"
+    storage.s3_client().create_bucket(Bucket=bucket)
+    store = f"s3://{bucket}/store"
+
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
+    port = _get_global_client().http_config.port
+    args = {
+        "registry": registry.uri,
+        "store": store,
+        "decision_log": {"max_batch": 200, "max_age_s": 0.5},
+    }
+    ingress = {
+        "num_replicas": 1,
+        "user_config": RolloutConfig(champion=versions["champ"]).model_dump(mode="json"),
+    }
+    deploy(
+        ServeDeploySchema(
+            applications=[app_config(args, name=APP, route_prefix=PREFIX, ingress=ingress)]
+        )
+    )
+    base = f"http://127.0.0.1:{port}{PREFIX}"
+    wait_http_ok(f"{base}/v1/healthz")
+    yield Serving(base=base, registry=registry, versions=versions, store=store)
+    serve.delete(APP)
+
+
+def test_ranks_over_http_and_publishes_openapi(serving: Serving) -> None:
+    result = serving.rank(rank_body(11))
+    assert result.status == 200
+    assert result.body["model_version"] == serving.versions["champ"]
+    assert result.body["arm"] == "champion" and len(result.body["options"]) == len(OPTION_IDS)
+    scores = [o["score"] for o in result.body["options"]]
+    assert scores == sorted(scores, reverse=True)
+    spec = http("GET", f"{serving.base}/openapi.json")
+    assert spec.status == 200 and "/v1/rank" in spec.body["paths"]
+    health = http("GET", f"{serving.base}/v1/healthz")
+    assert health.body == {"status": "ok", "champion": serving.versions["champ"], "canary": None}
+
+
+def _malformed() -> list[tuple[str, dict[str, Any] | None, bytes | None, int, str]]:
+    short = rank_body(1)
+    short["candidates"][2]["features"] = short["candidates"][2]["features"][:-3]
+    nan_text = json.dumps(rank_body(1)).replace(
+        json.dumps(rank_body(1)["candidates"][0]["features"][0]), "NaN", 1
+    )
+    unknown = rank_body(1)
+    unknown["candidates"][0]["option_id"] = "free_money"
+    too_many = rank_body(1)
+    too_many["candidates"] = too_many["candidates"] * 2
+    return [
+        ("unknown option", unknown, None, 422, "candidates.0.option_id"),
+        ("wrong feature count", short, None, 422, "candidates[2].features"),
+        ("NaN feature", None, nan_text.encode(), 422, "candidates.0.features"),
+        ("too many candidates", too_many, None, 422, "candidates"),
+        ("unknown field", {**rank_body(1), "admin": True}, None, 422, "admin"),
+        ("wrong type", {**rank_body(1), "borrower_id": "abc"}, None, 422, "borrower_id"),
+        ("not JSON", None, b"{borrower_id: 1", 422, "body"),
+        ("no feature source", {**rank_body(1, features=False), "borrower": None}, None, 422,
+         "borrower"),
+        ("oversized body", None, b"[" + b"0," * 40_000 + b"0]", 413, "content-length"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "raw", "status", "named"), _malformed(), ids=[c[0] for c in _malformed()]
+)
+def test_malformed_requests_get_4xx_naming_the_field_and_reach_no_model(
+    serving: Serving, case: str, body: Any, raw: bytes | None, status: int, named: str
+) -> None:
+    calls = serving.model_calls()
+    result = http("POST", f"{serving.base}/v1/rank", body, raw=raw)
+    assert result.status == status, result
+    assert named in result.body["message"], result.body
+    assert serving.model_calls() == calls
+
+
+def _arms(serving: Serving, borrowers: range) -> dict[int, str]:
+    def one(b: int) -> tuple[int, str]:
+        result = serving.rank(rank_body(b, n=2))
+        assert result.status == 200, result
+        return b, result.body["arm"]
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(pool.map(one, borrowers))
+
+
+def test_canary_takes_its_share_of_borrowers_and_each_keeps_its_arm(serving: Serving) -> None:
+    serving.set_rollout(
+        RolloutConfig(
+            champion=serving.versions["champ"],
+            canary=serving.versions["cand"],
+            canary_percent=20,
+            salt="it-share",
+            guardrails=GuardrailBounds(max_score_drift=1e6),
+        )
+    )
+    first = _arms(serving, range(5_000))
+    share = sum(arm == "canary" for arm in first.values()) / 5_000
+    assert 0.17 <= share <= 0.23
+    again = _arms(serving, range(5_000))
+    assert again == first
+
+
+def test_shadow_answers_are_logged_beside_the_decision_and_never_returned(
+    serving: Serving,
+) -> None:
+    serving.set_rollout(
+        RolloutConfig(
+            champion=serving.versions["champ"],
+            shadow=serving.versions["cand"],
+            shadow_percent=100,
+            salt="it-shadow",
+        )
+    )
+    answers = [serving.rank(rank_body(b, n=4)).body for b in range(40)]
+    assert {a["model_version"] for a in answers} == {serving.versions["champ"]}
+    assert {a["arm"] for a in answers} == {"champion"}
+    ids = {a["decision_id"] for a in answers}
+
+    def shadow_rows() -> list[dict[str, Any]]:
+        rows = [r for r in serving.decisions() if r["decision_id"] in ids]
+        return rows if len(rows) == 2 * len(ids) else []
+
+    rows = wait_for(shadow_rows, timeout=60, what="primary and shadow rows in the log")
+    assert isinstance(rows, list)
+    by_role = Counter((r["role"], r["model_version"]) for r in rows)
+    assert by_role == {
+        ("primary", serving.versions["champ"]): 40,
+        ("shadow", serving.versions["cand"]): 40,
+    }
+    assert all(len(r["features"]) == 4 and r["date"] for r in rows)
+
+
+def test_borrower_state_over_http_gives_the_training_feature_vectors(serving: Serving) -> None:
+    serving.set_rollout(RolloutConfig(champion=serving.versions["champ"], salt="it-features"))
+    offline = offline_borrower_features(seed=5)
+    row = offline.iloc[[2]]
+    options = list(OPTION_IDS[1:6])
+    expected = feature_matrix(option_rows(row, options=options, touchpoint="sms"), default_spec())
+    body = {
+        "borrower_id": 2,
+        "context": {"touchpoint": "sms"},
+        "candidates": [{"option_id": o} for o in options],
+        "borrower": {n: float(row[n].iloc[0]) for n in BORROWER_FEATURES},
+    }
+    answer = serving.rank(body)
+    assert answer.status == 200 and answer.body["feature_source"] == "borrower"
+
+    def logged() -> list[dict[str, Any]]:
+        return [r for r in serving.decisions() if r["decision_id"] == answer.body["decision_id"]]
+
+    (record,) = wait_for(logged, timeout=60, what="the decision in the log")  # type: ignore[misc]
+    np.testing.assert_array_equal(np.asarray(record["features"], dtype=np.float32), expected)
+
+
+class SteadyLoad:
+    """Threads posting rankings until stopped; keeps every status and served version."""
+
+    def __init__(self, serving: Serving, threads: int = 2) -> None:
+        self.serving = serving
+        self.results: list[tuple[int, str | None]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not self._stop.is_set():
+            try:
+                result = self.serving.rank(rank_body(int(rng.integers(0, 10**9)), n=3))
+                status, version = result.status, (result.body or {}).get("model_version")
+            except OSError as exc:  # a dropped connection is a dropped request
+                status, version = -1, repr(exc)
+            with self._lock:
+                self.results.append((status, version))
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+    def versions_since(self, start: int) -> set[str | None]:
+        with self._lock:
+            return {v for _, v in self.results[start:]}
+
+
+def test_canary_promote_and_rollback_under_steady_load_drop_no_request(serving: Serving) -> None:
+    from attune.serving.rollout import RolloutRequest, run_step
+
+    champ, cand = serving.versions["champ"], serving.versions["cand"]
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-load"))
+    replica = serving.models()["replica"]
+    steps = [
+        RolloutRequest(step="canary", app=APP, version=cand, percent=50, override=True,
+                       justification="integration test"),
+        RolloutRequest(step="promote", app=APP, override=True, justification="integration test"),
+        RolloutRequest(step="rollback", app=APP, champion=True),
+    ]  # fmt: skip
+    expected_after = [{champ, cand}, {cand}, {champ}]
+    with SteadyLoad(serving) as load:
+        wait_for(lambda: load.count() > 50, timeout=60, what="steady load")
+        for step, expected in zip(steps, expected_after, strict=True):
+            run_step(step, registry_uri=serving.registry.uri)
+            mark = load.count()
+            wait_for(lambda m=mark: load.count() > m + 100, timeout=60, what="load after the step")
+            assert load.versions_since(mark + 50) <= expected, step.step
+    failures = Counter(status for status, _ in load.results if status != 200)
+    assert failures == Counter(), failures
+    assert len(load.results) > 300
+    assert serving.models()["replica"] == replica  # reconfigured in place, never restarted
+    assert serving.registry.aliases()["champion"] == champ
+    assert serving.registry.aliases()["canary"] == champ  # rolled back onto the champion
+
+
+@pytest.mark.parametrize(("faulty", "bound"), [("garbage", "score drift"), ("nan", "error rate")])
+def test_a_faulty_canary_is_rolled_back_by_the_guardrails_on_its_own(
+    serving: Serving, faulty: str, bound: str
+) -> None:
+    from attune.serving.rollout import deployed_config, rollout_of
+
+    champ = serving.versions["champ"]
+    rollout = RolloutConfig(
+        champion=champ,
+        canary=serving.versions[faulty],
+        canary_percent=50,
+        salt=f"it-{faulty}",
+        guardrails=GuardrailBounds(min_requests=20, min_paired=10, window_s=600),
+    )
+    serving.set_rollout(rollout)
+    before = len(serving.models()["rollbacks"])
+    with SteadyLoad(serving) as load:
+        rollbacks = wait_for(
+            lambda: serving.models()["rollbacks"][before:], timeout=90, what="a guardrail rollback"
+        )
+        mark = load.count()
+        wait_for(lambda: load.count() > mark + 50, timeout=60, what="load after the rollback")
+    assert isinstance(rollbacks, list) and rollbacks[0]["version"] == serving.versions[faulty]
+    assert bound in rollbacks[0]["reasons"][0]
+    assert load.versions_since(mark) == {champ}
+    assert all(status == 200 for status, _ in load.results)  # clients never saw the fault
+
+    def persisted() -> bool:
+        current = rollout_of(deployed_config(), APP)
+        return current.canary is None and serving.registry.aliases().get("canary") == champ
+
+    wait_for(persisted, timeout=60, what="the rollback in the app config and the registry")
+
+
+def test_buffered_decisions_are_flushed_when_a_replica_shuts_down(
+    serving: Serving, tmp_path: Path
+) -> None:
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from attune.serving.app import app_config
+    from attune.serving.rollout import deploy, deployed_config
+
+    store = str(tmp_path / "store")
+    args = {
+        "registry": serving.registry.uri,
+        "store": store,
+        "decision_log": {"max_batch": 100_000, "max_age_s": 300},
+    }
+    config = deployed_config().model_dump(exclude_unset=True)
+    config["applications"].append(
+        app_config(
+            args, name="attune-flush", route_prefix="/attune-flush", ingress={"num_replicas": 1}
+        )
+    )
+    deploy(ServeDeploySchema.model_validate(config))
+    base = serving.base.replace(PREFIX, "/attune-flush")
+    ids = {
+        http("POST", f"{base}/v1/rank", rank_body(b, n=2)).body["decision_id"] for b in range(15)
+    }
+    assert not list(Path(store).rglob("*.parquet"))  # nothing due yet: all in the buffer
+    serve.delete("attune-flush")
+
+    def flushed() -> set[str]:
+        import pyarrow.parquet as pq
+
+        files = list(Path(store).rglob("*.parquet"))
+        return {d for f in files for d in pq.read_table(f).column("decision_id").to_pylist()}
+
+    assert wait_for(lambda: flushed() == ids, timeout=60, what="decisions flushed on shutdown")
