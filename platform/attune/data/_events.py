@@ -28,6 +28,8 @@ VALUES = pa.schema(
         ("p_complete", pa.float64()),  # P(completed | examined)
     ]
 )
+#: Event type -> its index in EVENT_TYPES (the simulator's integer event codes).
+EVENT_CODE: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: Presentation ids: borrower_id * _PID_BORROWER + month * _PID_MONTH + index in month.
 _PID_BORROWER = 4096
 _PID_MONTH = 4

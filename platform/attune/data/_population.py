@@ -10,6 +10,7 @@ import pyarrow as pa
 from attune.data.schema import BORROWERS, CHANNELS, LOANS, PROTECTED
 
 DAY = 86_400
+HOUR = 3_600
 _US_STATES = ("CA", "TX", "FL", "NY", "PA", "IL", "OH", "GA", "NC", "MI", "AZ", "WA")
 _AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 _GENDERS = ("female", "male", "nonbinary")

@@ -6,24 +6,21 @@ Each month ``m`` is one billing cycle per borrower, anchored on the due date ``D
     D-14d ........ D-6h .. D ...... D+1d ............. D+13d18h ... D+20d .. D+27d18h = E
     logins, outreach, hardship flags, autopay-off
                    on-time payments  installment_due
-                                       presentations (servicing window; <= 3, one a day)
-                                       collection outreach
+                                       slates (attune.data._servicing), collection outreach
                                                                  partial / late / missed
                                                                  payments, charge-off,
                                                                  payoff (by E)
 
-Every presentation's 14-day outcome window ends by ``E`` < next due date (>= D+28d),
-so a presentation's ``current_14d`` is settled inside its own cycle and next month's
-on-time payments (>= D_next - 6h) never fall inside it.
+The next due date is at least ``D+28d`` away, so next month's on-time payments
+(``>= D_next - 6h``) never fall inside this cycle's outcome windows.
 
-Delinquency (``current_14d``): a presentation to a borrower who is current, or whose
-cure is already scheduled inside the window, is current 14 days later. Otherwise the
-loan is current 14 days later when a completed option cures it (plans and pay-now
-always; the others with :func:`~attune.data._behaviour.option_probabilities`'s
-probability) or the borrower self-cures (``1 - exp(-14 * hazard)``). A cure is booked
-as one event that brings the loan current (``payment_late`` for everything owed, or
-``plan_accepted`` whose amount is the arrears re-aged). A "not current" outcome
-forbids any cure until its window has passed, so each logged outcome stays true.
+Money follows one rule that readers can recompute from events alone: days past due
+are measured from the oldest ``installment_due`` not covered by the cumulative amount
+of ``payment_on_time``/``payment_late``/``payment_partial`` events (equal installments,
+in cents). A cure is one ``payment_late`` for everything owed. A plan re-ages the
+arrears; the event vocabulary has no adjustment type, so the re-aging credit is booked
+as that ``payment_late`` one second after the ``plan_accepted`` (whose amount is the
+arrears re-aged).
 """
 
 from __future__ import annotations
@@ -35,32 +32,17 @@ import numpy as np
 import pyarrow as pa
 
 from attune.data import _behaviour as bh
-from attune.data._events import (
-    EventLog,
-    PresentationRows,
-    concat_rows,
-    presentation_id,
-    presentation_tables,
-)
-from attune.data._population import DAY, Population, draw_population
-from attune.data.logging_policy import legacy_scores, sample_slates
-from attune.data.schema import CHANNELS, EVENT_TYPES, TOUCHPOINTS
+from attune.data._events import EVENT_CODE, EventLog, concat_rows, presentation_tables
+from attune.data._population import DAY, HOUR, Population, draw_population
+from attune.data._servicing import NO_CURE, ServicingWindow
+from attune.data.schema import CHANNELS
 
-HOUR = 3_600
-#: Billing-cycle offsets from the due date (seconds).
+#: The cycle ends this long after the due date.
 _CYCLE_END = 27 * DAY + 18 * HOUR
-_MAX_PRESENTATIONS = 3
-_PRESENTATION_DAYS = 13  # presentations fall on distinct days D+1 .. D+13
-_NONE = np.iinfo(np.int64).max
-_E = {name: i for i, name in enumerate(EVENT_TYPES)}
+_E = EVENT_CODE
 #: Outreach per cycle: (base rate, P(delivered)) by channel; push needs the app.
 _OUTREACH = {"sms": (0.7, 0.97), "email": (1.0, 0.93), "push": (0.8, 0.9)}
 _COLLECTION_CHANNELS = ("sms", "email")
-#: P(0, 1, 2, 3 slates in a cycle) as cumulative thresholds for 1, 2, 3.
-_K_CUM_CURRENT = np.cumsum([0.2, 0.4, 0.25])
-_K_CUM_DELINQUENT = np.cumsum([0.1, 0.3, 0.35])
-_NO_DAY = 10_000
-_PLAN_CYCLES = 3
 _CHARGE_OFF_ARREARS = 4
 
 
@@ -113,7 +95,7 @@ class ShardSimulator:
         self.tau = self.pop.late_tendency.copy()
         self.stress = self.pop.stress.copy()
         self.paid = np.zeros(n, dtype=np.int64)  # cents paid toward in-history installments
-        self.hardship_ts = np.full(n, -_NONE // 2, dtype=np.int64)
+        self.hardship_ts = np.full(n, -NO_CURE // 2, dtype=np.int64)  # never
         self.reminders = np.zeros((n, len(CHANNELS)), dtype=bool)
         self.plan_left = np.zeros(n, dtype=np.int64)
         self.prev_logins = np.empty(0, dtype=np.int64)
@@ -128,9 +110,6 @@ class ShardSimulator:
     def _due(self, k: np.ndarray) -> np.ndarray:
         """Due timestamp of in-history installment ``k`` (per borrower)."""
         return self.month_ts[k] + (self.pop.due_day - 1) * DAY
-
-    def _keys(self, idx: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        return np.sort((idx.astype(np.int64) << 32) + (ts - self.t0))
 
     def _count(
         self, keys: np.ndarray, idx: np.ndarray, lo: np.ndarray, hi: np.ndarray
@@ -191,22 +170,21 @@ class ShardSimulator:
         delinquent = act & (arrears > 0)
         hazard = bh.cure_hazard(late_tendency=self.tau, stress=self.stress, arrears=arrears)
 
-        cure = _CureState(due)
         window_lo = np.maximum(due - 14 * DAY, history_start)
         logins, contacts = self._engagement(log, act, delinquent, due, window_lo)
-        rows = self._presentations(
-            m, log, act, delinquent, due, dues, hazard, cure, logins, contacts
+        window = ServicingWindow(
+            self, month=m, log=log, due=due, dues=dues, delinquent=delinquent, hazard=hazard
         )
+        rows = window.run(act, logins, contacts)
 
         # What the servicing window left open resolves by the end of the cycle.
         cycle_end = due + _CYCLE_END
-        self._natural_cure(cure, np.flatnonzero(delinquent), hazard, cycle_end)
-        cured = cure.ts < _NONE
+        cure = window.cure
+        window.natural_cure(np.flatnonzero(delinquent), cycle_end)
+        cured = cure.scheduled
         i = np.flatnonzero(cured)
         owed = dues * inst - self.paid
-        # A plan re-ages the arrears. The event vocabulary has no adjustment type, so the
-        # re-aging credit is booked as a payment one second after the acceptance: days
-        # past due computed from payments alone then see the loan current, as it is.
+        # plan cures: the acceptance, then the re-aging credit (module docstring)
         p = i[cure.plan[i]]
         log.add(p, cure.ts[p] - 1, _E["plan_accepted"], amount=owed[p] / 100.0)
         log.add(i, cure.ts[i], _E["payment_late"], amount=owed[i] / 100.0)
@@ -274,196 +252,6 @@ class ShardSimulator:
     def _raw_keys(self, idx: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return (idx.astype(np.int64) << 32) + (ts - self.t0)
 
-    # ----------------------------------------------------------------- servicing window
-
-    def _presentations(
-        self,
-        m: int,
-        log: EventLog,
-        act: np.ndarray,
-        delinquent: np.ndarray,
-        due: np.ndarray,
-        dues: np.ndarray,
-        hazard: np.ndarray,
-        cure: _CureState,
-        login_keys: np.ndarray,
-        contact_keys: np.ndarray,
-    ) -> list[PresentationRows]:
-        """Up to 3 slates per borrower on distinct days D+1..D+13, in time order."""
-        rng, pop, n = self.rng, self.pop, self.plan.size
-        cum = np.where(delinquent[:, None], _K_CUM_DELINQUENT, _K_CUM_CURRENT)
-        count = (rng.random(n)[:, None] >= cum).sum(axis=1) * act
-        days = np.argsort(rng.random((n, _PRESENTATION_DAYS)), axis=1)[:, :_MAX_PRESENTATIONS] + 1
-        days = np.sort(
-            np.where(np.arange(_MAX_PRESENTATIONS) < count[:, None], days, _NO_DAY), axis=1
-        )
-        times = due[:, None] + days * DAY + rng.integers(6 * HOUR, 18 * HOUR, days.shape)
-        p_app = 0.15 + 0.6 * pop.engagement[:, None]
-        u = rng.random(days.shape)
-        touch = np.where(u < p_app, 0, np.where(u < (1.0 + p_app) / 2.0, 1, 2))
-        shown = days < _NO_DAY
-        # An app slate is shown in an app session: the session is a login.
-        ia, ja = np.nonzero(shown & (touch == TOUCHPOINTS.index("app")))
-        login_ts = times[ia, ja] - rng.integers(60, 600, ia.size)
-        log.add(ia, login_ts, _E["login"])
-        this_logins = np.concatenate([login_keys, self._raw_keys(ia, login_ts)])
-        logins = np.sort(np.concatenate([self.prev_logins, this_logins]))
-        contacts = np.sort(np.concatenate([self.prev_contacts, contact_keys]))
-        self.prev_logins, self.prev_contacts = this_logins, contact_keys
-
-        rows = []
-        for j in range(_MAX_PRESENTATIONS):
-            r = np.flatnonzero(shown[:, j])
-            if r.size == 0:
-                continue
-            t = times[r, j]
-            self._natural_cure(cure, r[delinquent[r]], hazard, times[:, j])
-            rows.append(
-                self._present(m, j, log, r, t, touch[r, j], dues, hazard, cure, logins, contacts)
-            )
-        return rows
-
-    def _present(
-        self,
-        m: int,
-        j: int,
-        log: EventLog,
-        r: np.ndarray,
-        t: np.ndarray,
-        touch: np.ndarray,
-        dues: np.ndarray,
-        hazard: np.ndarray,
-        cure: _CureState,
-        logins: np.ndarray,
-        contacts: np.ndarray,
-    ) -> PresentationRows:
-        """Show one slate to each borrower ``r`` at ``t``; draw and apply the responses."""
-        rng, pop = self.rng, self.pop
-        inst = pop.installment_cents[r]
-        cured_before = cure.ts[r] <= t
-        covered = np.where(cured_before, dues[r], self.paid[r] // inst)
-        late = dues[r] - covered > 0
-        oldest_unpaid = self.month_ts[np.minimum(covered, m)] + (pop.due_day[r] - 1) * DAY
-        dpd = np.where(late, (t - oldest_unpaid) / DAY, 0.0)
-        pending = late & (cure.ts[r] < _NONE)
-        certain = ~late | pending
-        hardship = (t - self.hardship_ts[r]) < 180 * DAY
-        state = bh.PresentationState(
-            dpd=dpd,
-            autopay=self.autopay[r],
-            late_tendency=self.tau[r],
-            income_volatility=pop.volatility[r],
-            hardship=hardship,
-            affinity=pop.affinity[r],
-            logins_30d=self._count(logins, r, t - 30 * DAY, t),
-            contacts_7d=self._count(contacts, r, t - 7 * DAY, t),
-            contacts_30d=self._count(contacts, r, t - 30 * DAY, t),
-            touchpoint=touch,
-            cure_certain=certain,
-            cure_hazard=hazard[r],
-        )
-        probs = bh.option_probabilities(state)
-        scores = legacy_scores(
-            dpd=dpd,
-            autopay=state.autopay,
-            hardship=hardship,
-            preferred_channel=pop.preferred_channel[r],
-            touchpoint=touch,
-        )
-        slates, props = sample_slates(scores, epsilon=self.plan.epsilon, rng=rng)
-
-        # Responses: examined by position, then engaged, completed, and (own) cure.
-        at = (np.arange(r.size)[:, None], slates)
-        p_engage, p_complete = probs.engage[at], probs.complete[at]
-        examined = rng.random(slates.shape) < np.asarray(bh.POSITION_BIAS)
-        engaged = examined & (rng.random(slates.shape) < p_engage)
-        completed = engaged & (rng.random(slates.shape) * p_engage < p_complete)
-        own_cure = completed & (rng.random(slates.shape) < probs.cure_if_completed[at])
-        natural = rng.random(r.size) < probs.self_cure
-        current_14d = certain | own_cure.any(axis=1) | natural
-        self._apply_completions(log, r, t, slates, engaged, completed, late)
-
-        # Book the cure (or the lack of one) so that the event log agrees with current_14d.
-        newly = late & ~certain & current_14d
-        lo = np.maximum(t, cure.hold[r])
-        by_option = own_cure.any(axis=1)
-        natural_ts = lo + 60 + (rng.random(r.size) * (t + 14 * DAY - lo - 120)).astype(np.int64)
-        option_ts = lo + rng.integers(60, HOUR, r.size)
-        cure.ts[r[newly]] = np.where(by_option, option_ts, natural_ts)[newly]
-        plan_cure = (own_cure & np.isin(slates, bh.PLAN_OPTIONS)).any(axis=1) & late
-        cure.plan[r[plan_cure]] = True
-        failed = late & ~certain & ~current_14d
-        cure.hold[r[failed]] = t[failed] + 14 * DAY
-        cure.free_from[r] = t
-
-        responses = np.where(completed, 2, np.where(engaged, 1, 0))
-        return PresentationRows(
-            presentation_id=presentation_id(pop.ids[r], m, j),
-            idx=r,
-            ts=t,
-            touchpoint=touch,
-            slates=slates,
-            propensities=props,
-            responses=responses,
-            current_14d=current_14d,
-            value=probs.value,
-            p_engage=probs.engage,
-            p_complete=probs.complete,
-        )
-
-    def _apply_completions(
-        self,
-        log: EventLog,
-        r: np.ndarray,
-        t: np.ndarray,
-        slates: np.ndarray,
-        engaged: np.ndarray,
-        completed: np.ndarray,
-        late: np.ndarray,
-    ) -> None:
-        """Feed completed options back into the borrower's state and the event log."""
-        rng = self.rng
-
-        def done(option: int) -> np.ndarray:
-            return (completed & (slates == option)).any(axis=1)
-
-        enrolled = done(bh.AUTOPAY) & ~self.autopay[r]
-        i = r[enrolled]
-        log.add(i, t[enrolled] + rng.integers(60, 1_800, i.size), _E["autopay_on"])
-        self.autopay[i] = True
-        # A due date that matches payday, or a reminder, makes late payments rarer.
-        self.tau[r[done(bh.DUE_DATE)]] *= 0.4
-        for ch, option in enumerate(bh.REMINDERS):
-            new = done(option) & ~self.reminders[r, ch]
-            self.tau[r[new]] *= 0.75
-            self.reminders[r[new], ch] = True
-        plan_shown = np.isin(slates, bh.PLAN_OPTIONS)
-        offered = (engaged & plan_shown).any(axis=1)
-        log.add(r[offered], t[offered] + rng.integers(10, 50, offered.sum()), _E["plan_offered"])
-        accepted = (completed & plan_shown).any(axis=1)
-        self.plan_left[r[accepted]] = _PLAN_CYCLES + 1
-        self.stress[r[done(bh.HARDSHIP)]] -= 1.0
-        # A plan accepted while current re-ages nothing; a delinquent one is booked as the cure.
-        noop = accepted & ~late
-        log.add(
-            r[noop],
-            t[noop] + rng.integers(60, 120, noop.sum()),
-            _E["plan_accepted"],
-            amount=np.zeros(noop.sum()),
-        )
-
-    def _natural_cure(
-        self, cure: _CureState, i: np.ndarray, hazard: np.ndarray, until: np.ndarray
-    ) -> None:
-        """Self-cure of borrowers ``i`` in their open interval up to ``until``."""
-        i = i[cure.ts[i] == _NONE]
-        lo = np.maximum(cure.free_from[i], cure.hold[i])
-        span = np.maximum(until[i] - lo, 0)
-        hit = self.rng.random(i.size) < 1.0 - np.exp(-hazard[i] * span / DAY)
-        # strictly inside the interval: never at the same second as the due date
-        ts = lo + 60 + (self.rng.random(i.size) * np.maximum(span - 120, 0)).astype(np.int64)
-        cure.ts[i[hit]] = ts[hit]
-
     def _close_cycle(
         self,
         log: EventLog,
@@ -509,14 +297,3 @@ class ShardSimulator:
         i = np.flatnonzero(paid_up | early)
         log.add(i, cycle_end[i] + 2, _E["payoff"], amount=pop.balance(i, covered_total[i]))
         self.active &= ~(charged_off | paid_up | early)
-
-
-class _CureState:
-    """Per-borrower bookkeeping of one cycle's cure (mutable; internal to a cycle)."""
-
-    def __init__(self, due: np.ndarray) -> None:
-        n = due.shape[0]
-        self.ts = np.full(n, _NONE, dtype=np.int64)  # when the loan becomes current
-        self.plan = np.zeros(n, dtype=bool)  # the cure is a plan (else a payment)
-        self.hold = np.full(n, np.iinfo(np.int64).min // 2)  # no cure before this
-        self.free_from = due.copy()  # self-cure already decided up to here
