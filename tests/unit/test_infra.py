@@ -8,6 +8,7 @@ with that reason when neither exists (the CRD files are not copied into the repo
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -26,6 +27,9 @@ _CRD_FILES = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayService": "ray.io_rayservices.yaml",
 }
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _crd_dir() -> Path | None:
@@ -63,12 +67,17 @@ def _schema_for(kind: str, api_version: str) -> dict[str, Any]:
     crd_dir = _crd_dir()
     if crd_dir is None:
         pytest.skip("KubeRay CRDs not found: set ATTUNE_KUBERAY_CRDS or add ../shared/reference")
-    crd = yaml.safe_load((crd_dir / _CRD_FILES[kind]).read_text())
+    return _load_schema(crd_dir / _CRD_FILES[kind], api_version)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_schema(path: Path, api_version: str) -> dict[str, Any]:
+    crd = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     version = api_version.split("/")[1]
     for entry in crd["spec"]["versions"]:
         if entry["name"] == version:
             return _strict(entry["schema"]["openAPIV3Schema"])
-    raise AssertionError(f"{kind} CRD has no version {version}")
+    raise AssertionError(f"{path.name} has no version {version}")
 
 
 def _load(path: Path) -> dict[str, Any]:
