@@ -184,6 +184,10 @@ def _bad(**change: object) -> dict[str, object]:
         (_bad(protected=pd.DataFrame({"borrower_id": [1, 1], "gender": ["f", "m"]})), "protected"),
         (_bad(attributes=["religion"]), "attributes"),
         (_bad(k=0), "k"),
+        (_bad(n_bootstrap=-1), "n_bootstrap"),
+        (_bad(ci_level=1.0), "ci_level"),
+        (_bad(min_group_size=0), "min_group_size"),
+        (_bad(min_option_share=1.0), "min_option_share"),
     ],
     ids=[
         "qid-length",
@@ -194,9 +198,13 @@ def _bad(**change: object) -> dict[str, object]:
         "dup-borrower",
         "unknown-attribute",
         "k-zero",
+        "negative-bootstrap",
+        "ci-level-1",
+        "group-size-0",
+        "option-share-1",
     ],
 )
 def test_bad_input_is_refused_naming_the_field(data: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        fairness_report(**data, n_bootstrap=0)  # type: ignore[arg-type]
+        fairness_report(**{"n_bootstrap": 0, **data})  # type: ignore[arg-type]
     assert info.value.field == field

@@ -148,8 +148,17 @@ def fairness_report(
 
     Raises :class:`InvalidInput` naming the argument for unequal lengths, NaN scores,
     a protected table without ``borrower_id`` or with duplicate borrowers, or an
-    unknown attribute.
+    unknown attribute, and for settings out of range (``n_bootstrap < 0``, ``ci_level``
+    outside (0, 1), ``min_group_size < 1``, ``min_option_share`` outside [0, 1)).
     """
+    for field, value, ok in (
+        ("n_bootstrap", n_bootstrap, n_bootstrap >= 0),
+        ("ci_level", ci_level, 0 < ci_level < 1),
+        ("min_group_size", min_group_size, min_group_size >= 1),
+        ("min_option_share", min_option_share, 0 <= min_option_share < 1),
+    ):
+        if not ok:
+            raise InvalidInput(f"{field}={value!r} is out of range", field=field, value=value)
     per = _per_presentation(
         scores=scores,
         qid=qid,
