@@ -382,3 +382,24 @@ def test_simulated_traffic_drifts_only_when_the_simulator_is_shifted(
         assert name in shifted["flagged"]["alert"]
     for name in ("apr", "income_volatility"):  # drawn independently of the shift
         assert shifted["features"][name]["psi"] < 0.1
+
+
+def test_the_drift_job_is_the_cli_command(tmp_path: Path, reference: dict[str, Any]) -> None:
+    """jobs/drift.py takes the same arguments and exits 3 on alert, 2 on a bad reference."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "drift.py"
+    spec = importlib.util.spec_from_file_location("drift_job", path)
+    assert spec is not None and spec.loader is not None
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+
+    registry, version = _registered(tmp_path, reference)
+    day = datetime(2025, 3, 1, tzinfo=UTC)
+    _log(tmp_path, version, _population(800, seed=2, shift="contacts_30d"), day=day, spec="abc123")
+    args = ["--registry", registry, "--decisions", str(tmp_path / "decisions")]
+    out = ["--out", str(tmp_path / "job")]
+    assert job.main([*args, "--version", "shadow", *out, "--fail-on-alert"]) == 3
+    report = json.loads((tmp_path / "job" / "drift.json").read_text())
+    assert report["flagged"]["alert"] == ["contacts_30d"]
+    assert job.main([*args, "--version", "canary", *out]) == 2
