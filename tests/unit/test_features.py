@@ -193,11 +193,22 @@ def test_engagement_rates_per_channel() -> None:
     assert feats["click_rate_90"] == pytest.approx(1 / 5)
 
 
-def test_loan_features_use_payments_before_the_query() -> None:
-    rows = [(1, T - 20 * DAY, "payment_on_time", 300.0), (1, T + DAY, "payment_on_time", 500.0)]
-    feats = _features(_events(rows), installment=100.0, term=12, origination=T - 73.05 * DAY)
-    assert feats["balance"] == pytest.approx(100.0 * 12 - 300.0)
-    assert feats["term_progress"] == pytest.approx(73.05 / (12 * 30.4375))
+@pytest.mark.parametrize(
+    ("rows", "owed"),
+    [
+        ([], 0.0),
+        ([(1, T - 20 * DAY, "installment_due", 100.0)], 100.0),
+        ([(1, T - 20 * DAY, "installment_due", 100.0), (1, T - DAY, "payment_late", 60.0)], 40.0),
+        ([(1, T - 20 * DAY, "installment_due", 100.0), (1, T - DAY, "payment_late", 160.0)], 0.0),
+        ([(1, T - 20 * DAY, "installment_due", 100.0), (1, T, "payment_late", 100.0)], 100.0),
+    ],
+)
+def test_loan_features_follow_the_schedule_plus_what_is_past_due(rows, owed) -> None:
+    elapsed = 73.05  # days since origination: 0.2 of a 12-month term
+    feats = _features(_events(rows), installment=100.0, term=12, origination=T - elapsed * DAY)
+    progress = elapsed / (12 * 30.4375)
+    assert feats["term_progress"] == pytest.approx(progress)
+    assert feats["balance"] == pytest.approx(100.0 * 12 * (1 - progress) + owed)
     assert feats["installment_to_income"] == pytest.approx(100.0 / 2000.0)
     assert feats["apr"] == pytest.approx(0.2)
     assert feats["income_volatility"] == pytest.approx(0.25)
@@ -363,7 +374,7 @@ def test_compaction_of_a_long_history_gives_the_same_features(months_in) -> None
     kw = {"borrowers": h.borrowers, "loans": h.loans}
     want = borrower_features(full, queries, **kw)
     pd.testing.assert_frame_equal(want, borrower_features(compact, queries, **kw))
-    assert want["days_past_due"].gt(0).any() and want["balance"].nunique() > len(ids)
+    assert want["days_past_due"].gt(0).any() and want["autopay_on"].gt(0).any()
 
 
 @pytest.mark.parametrize(

@@ -39,8 +39,10 @@ Borrower features (``attune.data.spec.BORROWER_FEATURES``, all ``float32``):
 ``hardship_180``        ``hardship_flag`` events in the last 180 days
 ``plans_accepted_180``  ``plan_accepted`` events in the last 180 days
 ``plans_broken_180``    ``plan_broken`` events in the last 180 days
-``balance``             ``installment * term_months`` minus the amount paid so far
-                        (same payments as above), floored at 0
+``balance``             what is left on the schedule, ``installment * term_months *
+                        (1 - term_progress)``, plus the amount past due (installments
+                        due minus payments made, floored at 0); robust to histories
+                        that start after the loan did
 ``apr``                 the loan's APR, as stored
 ``term_progress``       (ts - origination) / (term_months * 30.4375 d), in [0, 1]
 ``installment_to_income``  installment / monthly income
@@ -215,19 +217,22 @@ class _Timeline:
         start = np.searchsorted(keys, self.q_start, side="left")
         return cum[upto] - cum[start]
 
-    def days_past_due(self, paid: I64, q_us: I64) -> F64:
+    def arrears(self, paid: I64, q_us: I64) -> tuple[F64, F64]:
+        """(days past due, amount past due) from installments due vs payments made."""
         mask = self.mask("installment_due")
         keys, us = self.key[mask], self.us[mask]
         due = np.cumsum(_cents(self.amount[mask]))  # global running total, non-decreasing
         upto = np.searchsorted(keys, self.q_at, side="left")
         start = np.searchsorted(keys, self.q_start, side="left")
-        before_borrower = np.concatenate([[0], due])[start]
+        total = np.concatenate([[0], due])
+        owed = np.maximum(total[upto] - total[start] - paid, 0) / 100.0
         # first installment whose cumulative amount exceeds what was paid
-        oldest = np.searchsorted(due, before_borrower + paid, side="right")
+        oldest = np.searchsorted(due, total[start] + paid, side="right")
         late = oldest < upto
         if not len(us):
-            return np.zeros(len(q_us))
-        return np.where(late, (q_us - us[np.minimum(oldest, len(us) - 1)]) / _DAY_US, 0.0)
+            return np.zeros(len(q_us)), owed
+        days = np.where(late, (q_us - us[np.minimum(oldest, len(us) - 1)]) / _DAY_US, 0.0)
+        return days, owed
 
 
 def _rate(num: F64, den: F64) -> F64:
@@ -256,7 +261,7 @@ def _event_features(events: pd.DataFrame, q_ids: I64, q_us: I64) -> dict[str, F6
     )
     out["on_time_rate_180"] = _rate(out["pay_on_time_180"], due_180)
     paid = tl.paid_cents()
-    out["days_past_due"] = tl.days_past_due(paid, q_us)
+    out["days_past_due"], out["_owed"] = tl.arrears(paid, q_us)
     out["days_since_last_payment"] = tl.days_since_last(tl.mask(*_PAYMENTS), q_us)
     out["autopay_on"] = tl.autopay()
     for channel in CHANNELS:
@@ -275,12 +280,11 @@ def _event_features(events: pd.DataFrame, q_ids: I64, q_us: I64) -> dict[str, F6
     out["hardship_180"] = tl.count(tl.mask("hardship_flag"), 180)
     out["plans_accepted_180"] = tl.count(tl.mask("plan_accepted"), 180)
     out["plans_broken_180"] = tl.count(tl.mask("plan_broken"), 180)
-    out["_paid"] = paid / 100.0
     return out
 
 
 def _static_features(
-    q_ids: I64, q_us: I64, paid: F64, *, borrowers: pd.DataFrame, loans: pd.DataFrame
+    q_ids: I64, q_us: I64, owed: F64, *, borrowers: pd.DataFrame, loans: pd.DataFrame
 ) -> dict[str, F64]:
     left = pd.DataFrame({"borrower_id": q_ids, "_t": q_us, "_i": np.arange(len(q_ids))})
     loans = loans.loc[loans["origination_ts"].notna() & loans["borrower_id"].notna()]
@@ -309,15 +313,17 @@ def _static_features(
     income = people["income_monthly"].reindex(q_ids).to_numpy(dtype=np.float64, na_value=np.nan)
     has_loan = np.isfinite(loan_t) & (term > 0)
     safe_term = np.where(has_loan, term, 1.0)
-    progress = (q_us - np.nan_to_num(loan_t)) / _DAY_US / (safe_term * _MONTH_DAYS)
+    progress = np.clip((q_us - np.nan_to_num(loan_t)) / _DAY_US / (safe_term * _MONTH_DAYS), 0, 1)
     has_income = has_loan & (income > 0) & np.isfinite(installment)
     volatility = (
         people["income_volatility"].reindex(q_ids).to_numpy(dtype=np.float64, na_value=np.nan)
     )
     return {
-        "balance": _finite(np.where(has_loan, np.maximum(installment * term - paid, 0.0), MISSING)),
+        "balance": _finite(
+            np.where(has_loan, installment * safe_term * (1.0 - progress) + owed, MISSING)
+        ),
         "apr": _finite(np.where(has_loan, joined["apr"].to_numpy(dtype=np.float64), MISSING)),
-        "term_progress": np.where(has_loan, np.clip(progress, 0.0, 1.0), MISSING),
+        "term_progress": np.where(has_loan, progress, MISSING),
         "installment_to_income": np.where(
             has_income, installment / np.where(has_income, income, 1.0), MISSING
         ),
@@ -368,7 +374,7 @@ def borrower_features(
     codes[order] = np.cumsum(new) - 1
     q_ids, q_us = s_ids[new], s_us[new]
     values = _event_features(events, q_ids, q_us)
-    values.update(_static_features(q_ids, q_us, values["_paid"], borrowers=borrowers, loans=loans))
+    values.update(_static_features(q_ids, q_us, values["_owed"], borrowers=borrowers, loans=loans))
     for name in BORROWER_FEATURES:
         out[name] = values[name].astype(np.float32)[codes]
     return out
