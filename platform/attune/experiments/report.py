@@ -86,7 +86,8 @@ def aggregate_logs(config: AnalyzeConfig) -> pd.DataFrame:
     from ray.data.aggregate import AggregateFn, Count, Sum
 
     for uri in (config.decisions, config.outcomes):
-        if not storage.exists(uri):
+        # a URI may name one file or a directory (an S3 prefix has no object of its own)
+        if not (storage.list_uris(uri) or storage.exists(uri)):
             raise StoreNotFound(uri=uri)
     decisions = ray.data.read_parquet(**storage.ray_read_args(config.decisions))
     _columns(decisions, config.decisions, [config.key, config.arm_column, config.time_column])
