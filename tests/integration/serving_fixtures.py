@@ -8,6 +8,7 @@ planted faulty models for the guardrails: a "garbage" regressor whose scores sit
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -159,6 +160,29 @@ def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None) -
         return HttpResult(status, json.loads(payload))
     except ValueError:
         return HttpResult(status, payload.decode(errors="replace"))
+
+
+class KeepAlive:
+    """One persistent HTTP/1.1 connection per thread (much cheaper than a connect per call)."""
+
+    def __init__(self, base: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(base)
+        self.host, self.port, self.prefix = parts.hostname or "", parts.port or 80, parts.path
+        self._local = threading.local()
+
+    def post(self, path: str, body: Any) -> HttpResult:
+        import http.client
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn.request(
+            "POST", self.prefix + path, json.dumps(body), {"Content-Type": "application/json"}
+        )
+        response = conn.getresponse()
+        return HttpResult(response.status, json.loads(response.read()))
 
 
 def wait_http_ok(url: str, timeout: float = 120.0) -> None:

@@ -28,6 +28,7 @@ from attune.serving.config import RolloutConfig
 from attune.serving.guardrails import GuardrailBounds
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import (
+    KeepAlive,
     garbage_onnx,
     http,
     model_files,
@@ -80,12 +81,24 @@ class Serving:
         )
 
     def decisions(self) -> list[dict[str, Any]]:
-        """Every decision-log row written so far, read back with Ray Data."""
+        """Every decision-log row written so far (pyarrow: cheap enough to poll)."""
+        import pyarrow.dataset as ds
+
+        fs, path = storage.pyarrow_filesystem(storage.join(self.store, "decisions"))
+        if not storage.list_uris(storage.join(self.store, "decisions")):
+            return []
+        rows: list[dict[str, Any]] = (
+            ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+            .to_table()
+            .to_pylist()
+        )
+        return rows
+
+    def decisions_with_ray_data(self) -> list[dict[str, Any]]:
+        """The decision log as analysts read it: ``ray.data.read_parquet`` on the store."""
         import ray.data
 
         root = storage.join(self.store, "decisions")
-        if not storage.list_uris(root):
-            return []
         rows: list[dict[str, Any]] = ray.data.read_parquet(**storage.ray_read_args(root)).take_all()
         return rows
 
@@ -188,33 +201,6 @@ def test_malformed_requests_get_4xx_naming_the_field_and_reach_no_model(
     assert serving.model_calls() == calls
 
 
-def _arms(serving: Serving, borrowers: range) -> dict[int, str]:
-    def one(b: int) -> tuple[int, str]:
-        result = serving.rank(rank_body(b, n=2))
-        assert result.status == 200, result
-        return b, result.body["arm"]
-
-    with ThreadPoolExecutor(8) as pool:
-        return dict(pool.map(one, borrowers))
-
-
-def test_canary_takes_its_share_of_borrowers_and_each_keeps_its_arm(serving: Serving) -> None:
-    serving.set_rollout(
-        RolloutConfig(
-            champion=serving.versions["champ"],
-            canary=serving.versions["cand"],
-            canary_percent=20,
-            salt="it-share",
-            guardrails=GuardrailBounds(max_score_drift=1e6),
-        )
-    )
-    first = _arms(serving, range(5_000))
-    share = sum(arm == "canary" for arm in first.values()) / 5_000
-    assert 0.17 <= share <= 0.23
-    again = _arms(serving, range(5_000))
-    assert again == first
-
-
 def test_shadow_answers_are_logged_beside_the_decision_and_never_returned(
     serving: Serving,
 ) -> None:
@@ -242,7 +228,11 @@ def test_shadow_answers_are_logged_beside_the_decision_and_never_returned(
         ("primary", serving.versions["champ"]): 40,
         ("shadow", serving.versions["cand"]): 40,
     }
-    assert all(len(r["features"]) == 4 and r["date"] for r in rows)
+    assert all(len(r["features"]) == 4 for r in rows)
+    analysed = [r for r in serving.decisions_with_ray_data() if r["decision_id"] in ids]
+    assert Counter((r["role"], r["date"]) for r in analysed) == Counter(
+        (r["role"], r["date"]) for r in rows
+    )
 
 
 def test_borrower_state_over_http_gives_the_training_feature_vectors(serving: Serving) -> None:
@@ -267,6 +257,35 @@ def test_borrower_state_over_http_gives_the_training_feature_vectors(serving: Se
     np.testing.assert_array_equal(np.asarray(record["features"], dtype=np.float32), expected)
 
 
+def _arms(serving: Serving, borrowers: range) -> dict[int, str]:
+    client = KeepAlive(serving.base)
+
+    def one(b: int) -> tuple[int, str]:
+        result = client.post("/v1/rank", rank_body(b, n=2))
+        assert result.status == 200, result
+        return b, result.body["arm"]
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(pool.map(one, borrowers))
+
+
+def test_canary_takes_its_share_of_borrowers_and_each_keeps_its_arm(serving: Serving) -> None:
+    serving.set_rollout(
+        RolloutConfig(
+            champion=serving.versions["champ"],
+            canary=serving.versions["cand"],
+            canary_percent=20,
+            salt="it-share",
+            guardrails=GuardrailBounds(max_score_drift=1e6),
+        )
+    )
+    first = _arms(serving, range(5_000))
+    share = sum(arm == "canary" for arm in first.values()) / 5_000
+    assert 0.17 <= share <= 0.23
+    again = _arms(serving, range(5_000))
+    assert again == first
+
+
 class SteadyLoad:
     """Threads posting rankings until stopped; keeps every status and served version."""
 
@@ -278,10 +297,13 @@ class SteadyLoad:
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
     def _run(self, seed: int) -> None:
+        # Even threads keep one connection alive, odd ones connect per request.
         rng = np.random.default_rng(seed)
+        client = KeepAlive(self.serving.base) if seed % 2 == 0 else None
         while not self._stop.is_set():
+            body = rank_body(int(rng.integers(0, 10**9)), n=3)
             try:
-                result = self.serving.rank(rank_body(int(rng.integers(0, 10**9)), n=3))
+                result = client.post("/v1/rank", body) if client else self.serving.rank(body)
                 status, version = result.status, (result.body or {}).get("model_version")
             except OSError as exc:  # a dropped connection is a dropped request
                 status, version = -1, repr(exc)
@@ -382,7 +404,7 @@ def test_buffered_decisions_are_flushed_when_a_replica_shuts_down(
     args = {
         "registry": serving.registry.uri,
         "store": store,
-        "decision_log": {"max_batch": 100_000, "max_age_s": 300},
+        "decision_log": {"max_batch": 10_000, "max_age_s": 300},
     }
     config = deployed_config().model_dump(exclude_unset=True)
     config["applications"].append(
