@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,22 +89,12 @@ def test_ray_shards_write_the_same_history_as_one_process(
     assert _same_history(on_ray.out, config.out)
 
 
-def test_generate_into_a_missing_bucket_names_the_uri(s3_server: object) -> None:
+def test_generate_into_a_missing_bucket_names_the_uri(
+    s3_server: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     uri = "s3://no-such-bucket-here/h"
-    assert (
-        cli.main(
-            [
-                "generate",
-                "--borrowers",
-                "5",
-                "--months",
-                "1",
-                "--seed",
-                "1",
-                "--out",
-                uri,
-                "--quiet",
-            ]
-        )
-        == 2
-    )
+    argv = ["generate", "--borrowers", "5", "--months", "1", "--seed", "1", "--out", uri]
+    assert cli.main([*argv, "--quiet"]) == 2
+    error = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert error["error"] == "StoreNotFound"
+    assert "no-such-bucket-here" in error["details"]["uri"]

@@ -171,6 +171,14 @@ def test_load_ground_truth_pivots_rows_into_sorted_ids_and_catalog_order(tmp_pat
     assert np.array_equal(truth.subset(np.array([40, 10])), values[[2, 1]])
 
 
+def test_load_ground_truth_reads_only_the_requested_presentations(tmp_path: Path) -> None:
+    values = _values(6)
+    _write_truth(tmp_path, _long_rows(values, [1, 2, 3, 4, 5, 6]), [1.0, 0.65, 0.45])
+    truth = gt.load_ground_truth(str(tmp_path), presentation_ids=np.array([5, 2, 99]))
+    assert truth.presentation_ids.tolist() == [2, 5]
+    assert np.array_equal(truth.values, values[[1, 4]])
+
+
 @pytest.mark.parametrize(
     ("mutate", "column", "problem"),
     [

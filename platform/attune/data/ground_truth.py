@@ -62,10 +62,14 @@ class GroundTruth:
         return self.values[self.rows(presentation_ids)]
 
 
-def load_ground_truth(history_uri: str) -> GroundTruth:
+def load_ground_truth(
+    history_uri: str, *, presentation_ids: np.ndarray | None = None
+) -> GroundTruth:
     """Read ``<history_uri>/ground_truth`` (local or s3://) into a :class:`GroundTruth`.
 
-    Raises :class:`StoreNotFound` when it is missing and :class:`SchemaError` naming
+    With ``presentation_ids`` only those presentations are read (the filter is pushed
+    into the parquet scan), which keeps evaluating a test split cheap on large
+    histories. Raises :class:`StoreNotFound` when it is missing and :class:`SchemaError` naming
     the folder when a presentation lacks an option, repeats one, or a value is outside
     [0, 1].
     """
@@ -82,8 +86,12 @@ def load_ground_truth(history_uri: str) -> GroundTruth:
     if not storage.list_uris(values_uri):
         raise StoreNotFound(uri=values_uri, problem="no ground-truth values")
     fs, path = storage.pyarrow_filesystem(values_uri)
+    wanted = None
+    if presentation_ids is not None:
+        ids = pa.array(np.unique(np.asarray(presentation_ids, dtype=np.int64)))
+        wanted = pc.field("presentation_id").isin(ids)
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-        columns=["presentation_id", "option_id", "value"]
+        columns=["presentation_id", "option_id", "value"], filter=wanted
     )
     codes = pc.index_in(table.column("option_id"), value_set=pa.array(OPTION_IDS))
     if codes.null_count:
