@@ -153,7 +153,7 @@ def train_data_parallel(
     import ray.train
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
-    columns = ["qid", "position", "label", *spec.names]
+    columns = list(dict.fromkeys(("qid", "position", "label", *spec.names)))
     datasets: dict[str, Any] = {}
     for split in ("train", "valid"):
         source = ray.data.read_parquet(
