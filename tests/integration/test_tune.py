@@ -156,3 +156,32 @@ def test_attune_tune_registers_one_complete_version(
     assert set(lineage["versions"]) >= {"ray", "xgboost", "onnxruntime"}
     params = json.loads(storage.read_bytes(storage.join(base, "params.json")))
     assert params["ranker"]["objective"] in {"rank:ndcg", "rank:pairwise", "rank:map"}
+
+
+def test_a_model_failing_the_parity_gate_is_never_registered(
+    ray_cluster: Any, synthetic: SyntheticRanking, tmp_path: Path
+) -> None:
+    """The naive conversion (a logistic classifier) goes through the gate: nothing registered."""
+    from attune.errors import ParityError
+    from attune.registry import Registry
+    from attune.training.export import naive_export
+    from attune.training.pipeline import train_and_register
+
+    config = _config(
+        synthetic,
+        tmp_path,
+        trials=2,
+        max_rounds=5,
+        early_stopping_rounds=4,
+        scheduler="fifo",
+        tune_storage=str(tmp_path / "t"),
+        report_dir=str(tmp_path / "report"),
+        name="gate",
+    )
+    with pytest.raises(ParityError) as info:
+        train_and_register(config, exporter=naive_export)
+    assert info.value.max_abs_diff > 1e-4
+    assert Registry(config.registry).versions() == []
+    assert not Path(config.registry, "versions").exists() or not any(
+        Path(config.registry, "versions").iterdir()
+    )

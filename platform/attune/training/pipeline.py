@@ -7,8 +7,9 @@ evaluated on the test split (:mod:`attune.training.evaluate`), exported to ONNX 
 gated on the whole test split (:func:`attune.training.export.export_and_check`): a
 model that fails the gate raises :class:`~attune.errors.ParityError` and nothing is
 registered. The registered version holds the model, its spec, params, metrics (with
-policy values), parity report, lineage, plots and a model card, plus the governance
-files (fairness, explanations) when :mod:`attune.governance` provides them.
+policy values), parity report, lineage, plots, the governance stage's files
+(explanations, drift reference and, when the histories hold a protected table, the
+fairness report and governance record) and a model card.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from attune.training.tune import (
     run_sweep,
 )
 
+if TYPE_CHECKING:
+    from attune.training.export import Exporter
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -64,13 +68,15 @@ class TrainResult:
         return float(self.metrics["share_of_oracle_lift"]["model"])
 
 
-def train_and_register(config: TuneConfig) -> TrainResult:
+def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) -> TrainResult:
     """Run the sweep of ``config`` and register its winner; returns the :class:`TrainResult`.
 
     Starts a local Ray (or joins ``RAY_ADDRESS``) when none is connected, and shuts
-    down only what it started. Raises :class:`ConfigError` when no ground truth is
-    known, :class:`~attune.errors.ParityError` when the export fails the gate, and the
-    storage errors of :mod:`attune.storage` for missing inputs.
+    down only what it started. ``exporter`` replaces the ONNX exporter (tests push a
+    bad conversion through the gate with it). Raises :class:`ConfigError` when no
+    ground truth is known, :class:`~attune.errors.ParityError` when the export fails
+    the gate (nothing is registered then), and the storage errors of
+    :mod:`attune.storage` for missing inputs.
     """
     settings = get_settings()
     name = config.name or f"tune-{datetime.now(UTC):%Y%m%d-%H%M%S}"
@@ -124,9 +130,11 @@ def train_and_register(config: TuneConfig) -> TrainResult:
     }
     evaluate.write_report(metrics, policy, report_dir)
 
-    from attune.training.export import export_and_check
+    from attune.training.export import export_and_check, export_onnx
 
-    onnx_bytes, parity = export_and_check(booster, test.X, test.qid)
+    onnx_bytes, parity = export_and_check(
+        booster, test.X, test.qid, exporter=exporter or export_onnx
+    )
     files: dict[str, bytes] = {
         "model.onnx": onnx_bytes,
         "model.ubj": bytes(booster.save_raw("ubj")),
