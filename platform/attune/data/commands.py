@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from typing import Any, TypeVar
 
@@ -22,6 +24,8 @@ _Config = TypeVar("_Config", bound=BaseModel)
 def register(subparsers: Any) -> None:
     """Add this stage's sub-commands to ``subparsers``."""
     _add_generate(subparsers)
+    _add_preprocess(subparsers)
+    _add_features(subparsers)
 
 
 def _validated(model: type[_Config], values: dict[str, Any]) -> _Config:
@@ -87,4 +91,116 @@ def _generate(args: argparse.Namespace) -> int:
         "share_of_oracle_lift": manifest["share_of_oracle_lift"],
     }
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- preprocess
+
+
+@contextmanager
+def _ray_session() -> Iterator[None]:
+    """Join ``RAY_ADDRESS`` (or start a local Ray) unless Ray is up; shut down what we started."""
+    import ray
+
+    from attune.settings import get_settings
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=get_settings().ray_address, log_to_driver=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _add_partitioning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--buckets", type=int, help="borrower hash buckets (32)")
+    p.add_argument("--partitions", type=int, help="shuffle partitions, i.e. feature tasks (4)")
+
+
+def _add_preprocess(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "preprocess",
+        help="servicing histories -> point-in-time ranking dataset (Ray Data)",
+        description="Validate a servicing history, compute point-in-time features for every "
+        "presentation, label and split it by time into train/ valid/ test/ with "
+        "feature_spec.json and manifest.json (committed atomically).",
+    )
+    p.add_argument("--histories", required=True, help="history root (local dir or s3://)")
+    p.add_argument("--out", required=True, help="dataset root (local dir or s3://)")
+    p.add_argument("--train-fraction", type=float, help="share of the time span (0.7)")
+    p.add_argument("--valid-fraction", type=float, help="share of the time span (0.15)")
+    p.add_argument("--test-fraction", type=float, help="share of the time span (0.15)")
+    _add_partitioning(p)
+    p.set_defaults(handler=_preprocess)
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from attune.data.pipeline import PreprocessConfig
+
+    config = _validated(
+        PreprocessConfig,
+        {
+            "train_fraction": args.train_fraction,
+            "valid_fraction": args.valid_fraction,
+            "test_fraction": args.test_fraction,
+            "buckets": args.buckets,
+            "partitions": args.partitions,
+        },
+    )
+    from attune.data.pipeline import preprocess
+
+    with _ray_session():
+        result = preprocess(args.histories, args.out, config=config)
+    summary = {
+        "out": result.uri,
+        "rows": dict(result.rows),
+        "groups": dict(result.groups),
+        "content_hash": result.content_hash,
+        "feature_spec_hash": result.spec_hash,
+        "split": result.split.to_dict(),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _add_features(subparsers: Any) -> None:
+    p = subparsers.add_parser("features", help="online feature snapshots")
+    sub = p.add_subparsers(dest="features_command", required=True, metavar="ACTION")
+    m = sub.add_parser(
+        "materialize",
+        help="each borrower's latest point-in-time features, for serving",
+        description="Compute every borrower's features as of a time (default now) with the "
+        "code that builds training data, plus the recent events online updates need, and "
+        "write them under OUT/features/<spec hash>/<snapshot id>/ with latest.json.",
+    )
+    m.add_argument("--histories", required=True, help="history root (local dir or s3://)")
+    m.add_argument("--out", required=True, help="store root (local dir or s3://)")
+    m.add_argument("--as-of", help="ISO time with a zone, e.g. 2025-06-01T00:00:00Z (now)")
+    m.add_argument("--horizon-days", type=int, help="days of events kept verbatim (180)")
+    _add_partitioning(m)
+    m.set_defaults(handler=_materialize)
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    from attune.data.materialize import MaterializeConfig
+
+    config = _validated(
+        MaterializeConfig,
+        {
+            "as_of": args.as_of,
+            "horizon_days": args.horizon_days,
+            "buckets": args.buckets,
+            "partitions": args.partitions,
+        },
+    )
+    from attune.data.materialize import materialize
+
+    with _ray_session():
+        info = materialize(args.histories, args.out, config=config)
+    print(json.dumps(info.to_dict(), indent=2))
     return 0

@@ -1,0 +1,286 @@
+"""``attune features materialize``: each borrower's latest point-in-time features, on Ray Data.
+
+A snapshot holds, for every borrower, the borrower features as of one time (computed
+by :func:`attune.data.features.borrower_features`, the code that builds training
+data) and the borrower's events that later features still need
+(:func:`attune.data.features.compact_events`: the last 180 days verbatim plus a few
+summary rows). The online view keeps those events per borrower, appends new ones and
+recomputes that borrower's features with the same function, so online features equal
+offline features by construction. Layout under the store::
+
+    <out>/features/<spec_hash>/<snapshot_id>/features/*.parquet   borrower_id, as_of, features
+                                            events/*.parquet     history ``events`` schema
+                                            manifest.json        as_of, spec hash, counts
+                                            _SUCCESS
+    <out>/features/<spec_hash>/latest.json  pointer, written after the snapshot is committed
+
+``snapshot_id`` is ``<as_of as YYYYmmddTHHMMSSZ>-<random>``, so ids sort by time. The
+pointer only moves forward in ``as_of``: back-filling an older snapshot leaves it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from attune import storage
+from attune.data.features import MAX_WINDOW_DAYS, borrower_features, compact_events
+from attune.data.pipeline import bucketed, scan, unpack
+from attune.data.reader import list_history
+from attune.data.schema import EVENTS, TS
+from attune.data.spec import BORROWER_FEATURES, default_spec
+from attune.errors import StoreNotFound
+
+#: Columns of a snapshot's ``features/`` files.
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("borrower_id", pa.int64()),
+        ("as_of", TS),
+        *((name, pa.float32()) for name in BORROWER_FEATURES),
+    ]
+)
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": tuple(EVENTS.names),
+    "borrowers": ("borrower_id", "signup_ts", "income_monthly", "income_volatility"),
+    "loans": ("borrower_id", "origination_ts", "term_months", "installment", "apr"),
+}
+_PARTS = ("features", "events")
+
+
+class MaterializeConfig(BaseModel):
+    """What to materialize and how to partition the work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    as_of: AwareDatetime | None = Field(
+        default=None, description="Features use events strictly before this time (default: now)."
+    )
+    horizon_days: int = Field(
+        default=MAX_WINDOW_DAYS,
+        ge=MAX_WINDOW_DAYS,
+        le=3650,
+        description="Days of events kept verbatim for online updates (>= the longest window).",
+    )
+    buckets: int = Field(default=32, ge=1, le=65_536, description="Borrower hash buckets.")
+    partitions: int = Field(default=4, ge=1, le=4096, description="Shuffle partitions.")
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One committed snapshot: where it is, its time, spec hash and counts."""
+
+    uri: str
+    snapshot_id: str
+    spec_hash: str
+    as_of: datetime
+    borrowers: int
+    events: int
+    histories: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "snapshot_id": self.snapshot_id,
+            "spec_hash": self.spec_hash,
+            "as_of": self.as_of.isoformat(),
+            "borrowers": self.borrowers,
+            "events": self.events,
+            "histories": self.histories,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SnapshotInfo:
+        return cls(
+            uri=str(data["uri"]),
+            snapshot_id=str(data["snapshot_id"]),
+            spec_hash=str(data["spec_hash"]),
+            as_of=datetime.fromisoformat(str(data["as_of"])),
+            borrowers=int(data["borrowers"]),
+            events=int(data["events"]),
+            histories=str(data.get("histories", "")),
+        )
+
+
+def snapshot_root(out_uri: str, spec_hash: str) -> str:
+    """Where snapshots of feature spec ``spec_hash`` live under ``out_uri``."""
+    return storage.join(out_uri, "features", spec_hash)
+
+
+def snapshot_rows(
+    *,
+    events: pd.DataFrame,
+    borrowers: pd.DataFrame,
+    loans: pd.DataFrame,
+    as_of: datetime,
+    horizon_days: int = MAX_WINDOW_DAYS,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features, kept events) of every borrower signed up before ``as_of``.
+
+    Pure pandas: the Ray job calls it per borrower bucket; a single process can call
+    it on a whole history. Features have the columns of :data:`FEATURES_SCHEMA`.
+    """
+    signed_up = borrowers["signup_ts"].isna() | (borrowers["signup_ts"] < pd.Timestamp(as_of))
+    ids = np.unique(borrowers.loc[signed_up, "borrower_id"].to_numpy(dtype=np.int64))
+    queries = pd.DataFrame({"borrower_id": ids, "ts": pd.Timestamp(as_of)})
+    queries["ts"] = queries["ts"].astype("datetime64[us, UTC]")
+    feats = borrower_features(events, queries, borrowers=borrowers, loans=loans)
+    feats = feats.rename(columns={"ts": "as_of"})[FEATURES_SCHEMA.names]
+    mine = events[events["borrower_id"].isin(ids)]
+    kept = compact_events(mine, as_of=as_of, horizon_days=horizon_days)
+    return feats, kept[EVENTS.names]
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def _snapshot_bucket(group: pa.Table, *, as_of: datetime, horizon_days: int) -> pa.Table:
+    frames = unpack(group, _COLUMNS)
+    feats, kept = snapshot_rows(
+        events=frames["events"],
+        borrowers=frames["borrowers"],
+        loans=frames["loans"],
+        as_of=as_of,
+        horizon_days=horizon_days,
+    )
+    tables = [
+        pa.Table.from_pandas(feats, schema=FEATURES_SCHEMA, preserve_index=False),
+        pa.Table.from_pandas(kept, schema=EVENTS, preserve_index=False),
+    ]
+    return pa.table(
+        {
+            "_part": pa.array(list(_PARTS), pa.string()),
+            "_rows": pa.array([t.num_rows for t in tables], pa.int64()),
+            "_payload": pa.array([_ipc(t) for t in tables], pa.large_binary()),
+        }
+    )
+
+
+def _unpack_part(batch: pa.Table) -> pa.Table:
+    parts = [pa.ipc.open_stream(p).read_all() for p in batch.column("_payload").to_pylist()]
+    return pa.concat_tables(parts)
+
+
+def materialize(
+    histories_uri: str, out_uri: str, *, config: MaterializeConfig | None = None
+) -> SnapshotInfo:
+    """Write a feature snapshot of the history at ``histories_uri`` under ``out_uri``.
+
+    Validates every input file first (:class:`attune.errors.SchemaError` names the
+    file, column and row; nothing is written then), computes each borrower's features
+    as of ``config.as_of`` (default: now) per borrower bucket on Ray Data, commits the
+    snapshot directory atomically and then moves ``latest.json`` (only forward in
+    time). Returns the snapshot's :class:`SnapshotInfo`.
+    """
+    config = config or MaterializeConfig()
+    as_of = config.as_of or datetime.now(timezone.utc)
+    spec = default_spec()
+    files = list_history(histories_uri, tables=tuple(_COLUMNS))
+    scan(files)
+    root = snapshot_root(out_uri, spec.hash)
+    snapshot_id = f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    target = storage.join(root, snapshot_id)
+    computed = (
+        bucketed(files, columns=_COLUMNS, buckets=config.buckets)
+        .groupby("_bucket", num_partitions=config.partitions)
+        .map_groups(
+            _snapshot_bucket,
+            batch_format="pyarrow",
+            fn_kwargs={"as_of": as_of, "horizon_days": config.horizon_days},
+        )
+        .materialize()  # one pass of feature code, two outputs
+    )
+    sizes = computed.select_columns(["_part", "_rows"]).to_pandas()
+    counts = {part: int(sizes.loc[sizes["_part"] == part, "_rows"].sum()) for part in _PARTS}
+    with storage.write_dir_atomically(target) as stage:
+        for part in _PARTS:
+            fs, path = storage.pyarrow_filesystem(storage.join(stage, part))
+            chosen = computed.filter(expr=f"_part == '{part}'")
+            chosen.map_batches(_unpack_part, batch_format="pyarrow", batch_size=None).write_parquet(
+                path, filesystem=fs
+            )
+            _ensure_files(stage, part)
+        info = SnapshotInfo(
+            uri=target,
+            snapshot_id=snapshot_id,
+            spec_hash=spec.hash,
+            as_of=as_of,
+            borrowers=counts["features"],
+            events=counts["events"],
+            histories=histories_uri,
+        )
+        storage.write_json(
+            storage.join(stage, "manifest.json"),
+            {**info.to_dict(), "horizon_days": config.horizon_days, "feature_spec": spec.hash},
+        )
+        storage.write_bytes(storage.join(stage, "feature_spec.json"), spec.to_json().encode())
+    _move_latest(root, info)
+    return info
+
+
+def _ensure_files(stage: str, part: str) -> None:
+    """An empty part still gets one file carrying its schema."""
+    target = storage.join(stage, part)
+    if any(u.endswith(".parquet") for u in storage.list_uris(target)):
+        return
+    import pyarrow.parquet as pq
+
+    schema = FEATURES_SCHEMA if part == "features" else EVENTS
+    fs, path = storage.pyarrow_filesystem(storage.join(target, "part-empty.parquet"))
+    if not storage.is_s3(stage):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(schema.empty_table(), path, filesystem=fs)
+
+
+def _move_latest(root: str, info: SnapshotInfo) -> None:
+    pointer = storage.join(root, "latest.json")
+    if storage.exists(pointer):
+        current = SnapshotInfo.from_dict(storage.read_json(pointer))
+        if current.as_of > info.as_of:
+            return
+    storage.write_json(pointer, info.to_dict())
+
+
+def latest_snapshot(out_uri: str, *, spec_hash: str | None = None) -> SnapshotInfo:
+    """The snapshot ``latest.json`` points at for ``spec_hash`` (default: this code's spec).
+
+    Raises :class:`StoreNotFound` when no snapshot was committed for that spec.
+    """
+    pointer = storage.join(snapshot_root(out_uri, spec_hash or default_spec().hash), "latest.json")
+    if not storage.exists(pointer):
+        raise StoreNotFound(uri=pointer, problem="no snapshot materialized for this feature spec")
+    return SnapshotInfo.from_dict(storage.read_json(pointer))
+
+
+def read_snapshot(
+    info: SnapshotInfo, *, borrower_ids: Sequence[int] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features, events) of a committed snapshot as pandas frames (single process).
+
+    ``borrower_ids`` restricts both to those borrowers (pushed down into the reader).
+    Raises :class:`StoreNotFound` when the snapshot is missing or was never committed.
+    """
+    import pyarrow.dataset as pads
+
+    if not storage.is_complete(info.uri):
+        raise StoreNotFound(uri=info.uri, problem="snapshot missing or not committed")
+    out = []
+    for part, schema in (("features", FEATURES_SCHEMA), ("events", EVENTS)):
+        fs, path = storage.pyarrow_filesystem(storage.join(info.uri, part))
+        data = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
+        where = None
+        if borrower_ids is not None:
+            where = pads.field("borrower_id").isin(pa.array(list(borrower_ids), pa.int64()))
+        out.append(data.to_table(filter=where).to_pandas())
+    return out[0], out[1]
