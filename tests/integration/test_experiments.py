@@ -24,7 +24,7 @@ from attune.data.logging_policy import slate_marginals
 from attune.data.reader import read_history, read_table
 from attune.data.schema import OPTION_IDS
 from attune.data.simulator import GenerateConfig, generate
-from attune.experiments.bandits import DecisionContext, Feedback, build_policy, policy_from_state
+from attune.experiments.bandits import DecisionContext, Feedback, build_policy
 from attune.experiments.ope import estimate_policy_value
 from attune.experiments.policy_config import ThompsonConfig
 from attune.serving.decision_log import DECISION_SCHEMA
@@ -200,54 +200,36 @@ PREFIX = "/experiments-bandit"
 
 @pytest.fixture
 def bandit_url(ray_cluster: object) -> Iterator[tuple[str, Any]]:
-    """A Thompson-sampling policy in a Serve replica; yields (base URL, deploy function)."""
+    """A policy-serving app on the session's Serve; yields (base URL, deploy function).
+
+    ``deploy(state, version)`` applies the app declaratively next to whatever other
+    apps the cluster runs, so a second call with a new state is a ``reconfigure``.
+    """
     from ray import serve
     from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from attune.serving.rollout import deploy as apply_config
+    from attune.serving.rollout import deployed_config
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
     port = _get_global_client().http_config.port  # an already running Serve keeps its port
 
-    # Defined here so Ray ships the class by value; it only needs attune on the replica.
-    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
-    class BanditReplica:
-        """POST /choose {"buckets": [...]} -> one decision each; POST /feedback; GET /info."""
-
-        def __init__(self) -> None:
-            import os
-
-            self.pid, self.version, self.policy = os.getpid(), 0, None
-
-        def reconfigure(self, config: dict[str, Any]) -> None:
-            self.policy = policy_from_state(config["state"])
-            self.version = config["version"]
-            self.rng = np.random.default_rng(config["seed"])
-
-        async def __call__(self, request: Any) -> dict[str, Any]:
-            action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-            if action == "info":
-                state = self.policy.state().model_dump(mode="json")
-                return {"pid": self.pid, "version": self.version, "state": state}
-            body = await request.json()
-            if action == "feedback":
-                self.policy.update([Feedback(**item) for item in body["feedback"]])
-                return {"updated": len(body["feedback"])}
-            decisions = []
-            for bucket in body["buckets"]:
-                context = DecisionContext(options=tuple(range(OPTIONS)), bucket=bucket)
-                decision = self.policy.choose(context, self.rng)
-                decisions.append(
-                    {
-                        "chosen": decision.chosen,
-                        "propensity": decision.propensity,
-                        "probs": list(decision.probs),
-                    }
-                )
-            return {"decisions": decisions}
-
     def deploy(state: dict[str, Any], version: int) -> None:
-        config = {"state": state, "version": version, "seed": 7}
-        app = BanditReplica.options(user_config=config).bind()
-        serve.run(app, name=APP, route_prefix=PREFIX)
+        current = deployed_config().model_dump(exclude_unset=True)
+        others = [a for a in current.get("applications", []) if a["name"] != APP]
+        mine = {
+            "name": APP,
+            "route_prefix": PREFIX,
+            "import_path": "tests.integration.experiments_bandit_app:app",
+            "deployments": [
+                {
+                    "name": "BanditReplica",
+                    "user_config": {"state": state, "version": version, "seed": 7},
+                }
+            ],
+        }
+        apply_config(ServeDeploySchema.model_validate({**current, "applications": [*others, mine]}))
 
     yield f"http://127.0.0.1:{port}{PREFIX}", deploy
     serve.delete(APP)
