@@ -44,12 +44,12 @@ def register(subparsers: Any) -> None:
     analyze.set_defaults(handler=_analyze)
 
     aa = commands.add_parser("aa-check", help="Simulate A/A tests peeked at daily.")
-    aa.add_argument("--simulations", type=int, default=2000)
-    aa.add_argument("--looks", type=int, default=14)
-    aa.add_argument("--units-per-look", type=int, default=200)
-    aa.add_argument("--base-rate", type=float, default=0.3)
-    aa.add_argument("--alpha", type=float, default=0.05)
-    aa.add_argument("--seed", type=int, default=0)
+    aa.add_argument("--simulations", type=int, default=2000, help="A/A experiments (2000).")
+    aa.add_argument("--looks", type=int, default=14, help="Peeks per experiment (14 days).")
+    aa.add_argument("--units-per-look", type=int, default=200, help="New units per arm per look.")
+    aa.add_argument("--base-rate", type=float, default=0.3, help="Conversion rate of both arms.")
+    aa.add_argument("--alpha", type=float, default=0.05, help="Test level (0.05).")
+    aa.add_argument("--seed", type=int, default=0, help="Seed of the simulation.")
     aa.set_defaults(handler=_aa_check)
 
 
