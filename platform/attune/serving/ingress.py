@@ -22,6 +22,7 @@ defaults come from :func:`_default_collaborators`.
 # No `from __future__ import annotations` here: Serve ships the deployment class by value,
 # and FastAPI must see the route annotations as real types, not names to resolve later.
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -34,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from attune import __version__
-from attune.errors import AttuneError
+from attune.errors import AttuneError, Unavailable
 from attune.serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
@@ -187,8 +188,10 @@ class RankingIngress:
         self._app_name = context.app_name
         collaborators = _default_collaborators(args, _safe_id(context.replica_tag))
         self._decision_log = collaborators["decision_log"]
-        self._service = RankingService(
-            rollout=args.rollout,
+        # Models load in the first reconfigure (Serve calls it before the replica takes
+        # traffic), from the user_config actually deployed, not from the args' default.
+        self._make_service = functools.partial(
+            RankingService,
             replica_id=context.replica_tag,
             online=online,
             explainer=explainer,
@@ -196,6 +199,7 @@ class RankingIngress:
             queue_size=args.shadow_queue,
             **collaborators,
         )
+        self._service_or_none: RankingService | None = None
         self._wake: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._rollback_threads: list[threading.Thread] = []
@@ -206,8 +210,17 @@ class RankingIngress:
         """Apply a new rollout (Serve calls this on start and on every user_config change)."""
         self._ensure_background()
         rollout = RolloutConfig.model_validate(user_config)
-        await asyncio.to_thread(self._service.apply, rollout)
+        if self._service_or_none is None:
+            self._service_or_none = await asyncio.to_thread(self._make_service, rollout=rollout)
+        else:
+            await asyncio.to_thread(self._service_or_none.apply, rollout)
         log.info("rollout applied: %s", rollout.model_dump_json())
+
+    @property
+    def _service(self) -> RankingService:
+        if self._service_or_none is None:
+            raise Unavailable("the replica has no rollout yet (user_config not applied)")
+        return self._service_or_none
 
     def check_health(self) -> None:
         if self._failure is not None:
@@ -285,7 +298,8 @@ class RankingIngress:
         interval = self._args.decision_log.max_age_s / 4
         while True:
             await asyncio.sleep(interval)
-            self._service.check_guardrail()
+            if self._service_or_none is not None:
+                self._service_or_none.check_guardrail()
             if self._decision_log is not None and self._decision_log.due():
                 await asyncio.to_thread(self._decision_log.flush)
 
