@@ -77,13 +77,12 @@ def _columns(ds: Any, uri: str, wanted: list[str]) -> None:
 
 
 def aggregate_logs(config: AnalyzeConfig) -> pd.DataFrame:
-    """Per (day, arm) counts and sums of y, y^2, x, x^2 and x*y, computed with Ray Data.
+    """Per (day, arm) counts ``n`` and sums of y, y^2, x, x^2, x*y, computed with Ray Data.
 
     Raises :class:`SchemaError` naming the file and column when a column is missing,
     and :class:`attune.errors.StoreNotFound` when an input does not exist.
     """
     import ray.data
-    from ray.data.aggregate import AggregateFn, Count, Sum
 
     for uri in (config.decisions, config.outcomes):
         # a URI may name one file or a directory (an S3 prefix has no object of its own)
@@ -112,10 +111,11 @@ def aggregate_logs(config: AnalyzeConfig) -> pd.DataFrame:
             x = pd.Series(0.0, index=batch.index)
         missing_x = x.isna()
         x = x.fillna(0.0)
-        return pd.DataFrame(
+        rows = pd.DataFrame(
             {
                 "day": pd.to_datetime(batch[config.time_column], utc=True).dt.strftime("%Y-%m-%d"),
                 "arm": batch[config.arm_column].astype(str),
+                "n": 1,
                 "y": y,
                 "y2": y * y,
                 "x": x,
@@ -124,15 +124,15 @@ def aggregate_logs(config: AnalyzeConfig) -> pd.DataFrame:
                 "x_missing": missing_x.astype("int64"),
             }
         )
+        return rows.groupby(["day", "arm"], as_index=False).sum()
 
-    rows = joined.map_batches(_moments, batch_format="pandas")
-    aggs: list[AggregateFn] = [
-        Count(),
-        *(Sum(c, alias_name=c) for c in _SUMS),
-        Sum("x_missing", alias_name="x_missing"),
-    ]
-    table = rows.groupby(["day", "arm"], num_partitions=config.partitions).aggregate(*aggs)
-    frame = table.to_pandas().rename(columns={"count()": "n"})
+    # Each block reduces itself to a few (day, arm) rows; the driver adds those up, which
+    # spares a second shuffle after the join.
+    partial = joined.map_batches(_moments, batch_format="pandas").to_pandas()
+    columns = ["day", "arm", "n", *_SUMS, "x_missing"]
+    if partial.empty:
+        return pd.DataFrame(columns=columns)
+    frame = partial.groupby(["day", "arm"], as_index=False)[columns[2:]].sum()
     return frame.sort_values(["day", "arm"]).reset_index(drop=True)
 
 
