@@ -225,7 +225,7 @@ def materialize(
             {**info.to_dict(), "horizon_days": config.horizon_days, "feature_spec": spec.hash},
         )
         storage.write_bytes(storage.join(stage, "feature_spec.json"), spec.to_json().encode())
-    _move_latest(root, info)
+    point_latest(root, info)
     return info
 
 
@@ -243,13 +243,18 @@ def _ensure_files(stage: str, part: str) -> None:
     pq.write_table(schema.empty_table(), path, filesystem=fs)
 
 
-def _move_latest(root: str, info: SnapshotInfo) -> None:
+def point_latest(root: str, info: SnapshotInfo) -> bool:
+    """Point ``<root>/latest.json`` at ``info`` unless it points at a later snapshot.
+
+    Returns whether the pointer moved. Call it only after the snapshot is committed.
+    """
     pointer = storage.join(root, "latest.json")
     if storage.exists(pointer):
         current = SnapshotInfo.from_dict(storage.read_json(pointer))
         if current.as_of > info.as_of:
-            return
+            return False
     storage.write_json(pointer, info.to_dict())
+    return True
 
 
 def latest_snapshot(out_uri: str, *, spec_hash: str | None = None) -> SnapshotInfo:
