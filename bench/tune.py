@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(dataset['valid'])} valid rows; {args.trials} trials x {args.max_rounds} rounds"
     )
     storage = args.storage or tempfile.mkdtemp(prefix="bench-tune-")
-    ray.init(address=get_settings().ray_address, log_to_driver=False)
+    ray.init(address=get_settings().ray_address or "local", log_to_driver=False)
     runs: dict[str, tuple[SweepResult, float]] = {}
     try:
         for scheduler in ("asha", "fifo"):

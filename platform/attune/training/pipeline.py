@@ -202,7 +202,9 @@ def _ray_connected(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=address, log_to_driver=False)
+    # "local" rather than None: None would also join any cluster someone `ray start`ed
+    # on this host, which is not what "no RAY_ADDRESS" means here.
+    ray.init(address=address or "local", log_to_driver=False)
     try:
         yield
     finally:
