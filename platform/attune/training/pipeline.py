@@ -321,7 +321,10 @@ def _governance_files(
     test = dataset["test"]
     names = dataset.spec.names
     explanations = explanation_summary(booster, test.X, names)
-    drift = drift_reference(test.X, names, spec_hash=dataset.spec.hash)
+    # The reference is what serving will see: every catalog option scored at position 1
+    # (the logged rows' positions 1-3 would flag `position` as drifted on every request).
+    served_rows = evaluate.presentations_from_split(test, dataset.spec).candidates
+    drift = drift_reference(served_rows, names, spec_hash=dataset.spec.hash)
     files: dict[str, bytes] = {
         "explanations.json": _json(explanations),
         "drift_reference.json": _json(drift),
