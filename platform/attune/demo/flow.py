@@ -1,0 +1,356 @@
+"""The demo's steps: each calls the library function behind one ``attune`` command."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attune.demo.config import DemoConfig
+from attune.demo.traffic import Presentation, TrafficResult, outcomes_frame, presentations, send
+
+APP = "attune"
+_DEMO_ACTOR = "attune-demo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each artifact of the demo lives (all under the demo's store root)."""
+
+    root: Path
+
+    @classmethod
+    def under(cls, root: Path) -> Paths:
+        return cls(root=root)
+
+    @property
+    def histories(self) -> str:
+        return str(self.root / "histories")
+
+    @property
+    def features(self) -> str:
+        return str(self.root / "features")
+
+    @property
+    def registry(self) -> str:
+        return str(self.root / "registry")
+
+    @property
+    def decisions(self) -> str:
+        return str(self.root / "decisions")
+
+    @property
+    def outcomes(self) -> str:
+        return str(self.root / "outcomes" / "outcomes.parquet")
+
+    @property
+    def experiment(self) -> str:
+        return str(self.root / "experiment")
+
+
+def generate(config: DemoConfig, paths: Paths, summary: Any) -> None:
+    from attune.data.simulator import GenerateConfig, generate
+
+    manifest = generate(
+        GenerateConfig(
+            borrowers=config.borrowers,
+            months=config.months,
+            seed=config.seed,
+            out=paths.histories,
+            overwrite=True,
+        ),
+        progress=True,
+    )
+    summary.facts["history"] = {
+        "borrowers": config.borrowers,
+        "months": config.months,
+        **{f"{k} rows": v for k, v in manifest["counts"].items()},
+        "best fixed ranking: share of oracle lift": manifest["share_of_oracle_lift"].get(
+            "best_fixed"
+        ),
+    }
+
+
+def preprocess(paths: Paths, summary: Any) -> None:
+    from attune.data.pipeline import preprocess
+
+    result = preprocess(paths.histories, paths.features)
+    summary.facts["dataset"] = {
+        **{f"{split} rows": n for split, n in result.rows.items()},
+        **{f"{split} groups": n for split, n in result.groups.items()},
+        "events read": result.events,
+        "content hash": result.content_hash,
+    }
+
+
+def train(config: DemoConfig, paths: Paths, summary: Any, *, role: str, seed: int) -> str:
+    """Sweep, evaluate, export (parity gate) and register; the champion gets the alias."""
+    from attune.registry import Registry
+    from attune.training.config import TuneConfig
+    from attune.training.pipeline import train_and_register
+
+    result = train_and_register(
+        TuneConfig(
+            features=paths.features,
+            registry=paths.registry,
+            trials=config.trials,
+            max_rounds=config.max_rounds,
+            seed=seed,
+            name=f"demo-{role}",
+        )
+    )
+    metrics = result.metrics
+    shares = metrics["share_of_oracle_lift"]
+    summary.facts[role] = {
+        "version": result.version_id,
+        "best trial": result.best_trial.trial_id,
+        "validation NDCG@3": round(float(metrics["validation"]["ndcg@3"]), 4),
+        "test NDCG@3": round(float(metrics["test"].get("ndcg@3", float("nan"))), 4),
+        "share of oracle lift (model)": round(float(shares["model"]), 3),
+        "share of oracle lift (legacy)": round(float(shares["legacy"]), 3),
+        "share of oracle lift (best fixed)": round(float(shares["best_fixed"]), 3),
+        "parity max |diff|": result.parity.get("max_abs_diff"),
+        "parity order agreement": result.parity.get("order_agreement"),
+        "sweep ran on nodes": result.sweep_nodes,
+    }
+    report_dir = Path(result.report_dir)
+    for png in sorted(report_dir.glob("*.png")):
+        summary.images[f"{role}: {png.stem.replace('_', ' ')}"] = png
+    registry = Registry(paths.registry)
+    verdict = _fairness_verdict(registry, result.version_id)
+    summary.facts[role]["fairness gate"] = verdict
+    if role == "champion":
+        registry.set_alias(
+            "champion",
+            result.version_id,
+            by=_DEMO_ACTOR,
+            override=verdict != "passed",
+            justification=None if verdict == "passed" else "demo: simulated data",
+        )
+    return result.version_id
+
+
+def _fairness_verdict(registry: Any, version: str) -> str:
+    from attune.governance.gate import check_promotion
+
+    try:
+        decision = check_promotion(registry.read_json(version, "fairness.json"))
+    except Exception as exc:  # a missing report is itself a verdict worth showing
+        return f"no verdict ({type(exc).__name__})"
+    if decision.passed:
+        return "passed"
+    more = f" (+{len(decision.reasons) - 1} more)" if len(decision.reasons) > 1 else ""
+    return f"refused: {decision.reasons[0]}{more}"
+
+
+def deploy(paths: Paths, *, champion: str, port: int) -> None:
+    """Deploy the app (champion only) through the same declarative path as ``serve deploy``."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from attune.serving.app import app_config
+    from attune.serving.config import AppArgs, RolloutConfig
+    from attune.serving.rollout import deploy
+
+    args = AppArgs(
+        registry=paths.registry,
+        store=str(paths.root),
+        rollout=RolloutConfig(champion=champion),
+    )
+    entry = app_config(
+        args,
+        name=APP,
+        ingress={
+            "num_replicas": 1,
+            "ray_actor_options": {"num_cpus": 0.5},
+            "user_config": args.rollout.model_dump(mode="json"),
+        },
+    )
+    config = ServeDeploySchema.model_validate(
+        {
+            "proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": port},
+            "applications": [entry],
+        }
+    )
+    deploy(config)
+
+
+def rollout(paths: Paths, *, step: str, version: str, percent: float) -> None:
+    from attune.serving.rollout import RolloutRequest, run_step
+
+    run_step(
+        RolloutRequest.model_validate(
+            {
+                "step": step,
+                "app": APP,
+                "version": version,
+                "percent": percent,
+                "by": _DEMO_ACTOR,
+                "override": True,
+                "justification": "demo: simulated data",
+            }
+        ),
+        registry_uri=paths.registry,
+    )
+
+
+class Traffic:
+    """Held-out presentations sent to the running app, phase by phase."""
+
+    def __init__(self, *, config: DemoConfig, url: str, pool: list[Presentation], gt: Any) -> None:
+        self.config, self.url, self.pool, self.gt = config, url, pool, gt
+        self.results: dict[str, TrafficResult] = {}
+        self._cursor = 0
+
+    @classmethod
+    def prepare(cls, config: DemoConfig, paths: Paths, *, port: int) -> Traffic:
+        import numpy as np
+
+        from attune.data.ground_truth import load_ground_truth
+        from attune.training.dataset import load_dataset
+
+        dataset = load_dataset(paths.features, splits=("test",))
+        pool = presentations(
+            dataset["test"], dataset.spec, limit=4 * config.requests, seed=config.seed
+        )
+        ids = np.asarray(sorted({p.qid for p in pool}), dtype=np.int64)
+        gt = load_ground_truth(paths.histories, presentation_ids=ids)
+        return cls(config=config, url=f"http://127.0.0.1:{port}/v1/rank", pool=pool, gt=gt)
+
+    def phase(self, name: str, n: int, progress: Any, summary: Any) -> TrafficResult:
+        batch = [self.pool[(self._cursor + i) % len(self.pool)] for i in range(n)]
+        self._cursor += n
+        task = progress.add_task(f"{name}: requests", total=n)
+        result = send(
+            self.url,
+            batch,
+            ground_truth=self.gt,
+            seed=self.config.seed + len(self.results),
+            concurrency=self.config.concurrency,
+            on_done=lambda: progress.advance(task),
+        )
+        self.results[name] = result
+        summary.facts[f"traffic: {name}"] = {
+            "sent": result.sent,
+            "ok": result.ok,
+            "failed": sum(result.failed.values()),
+            "arms": dict(sorted(result.arms.items())),
+            "latency p50 (ms, client)": round(result.percentile(50), 2),
+            "latency p99 (ms, client)": round(result.percentile(99), 2),
+        }
+        return result
+
+    def wait_for_log(self, summary: Any) -> None:
+        """Wait (with a deadline) until every answered decision is in the decision log."""
+        import time
+
+        import pyarrow.dataset as pads
+
+        answered = sum(r.ok for r in self.results.values())
+        root = Path(self.config.workdir).absolute() / "decisions"
+        deadline = time.monotonic() + 60
+        roles: list[str] = []
+        while time.monotonic() < deadline:
+            if root.exists():
+                table = pads.dataset(str(root), partitioning="hive").to_table(columns=["role"])
+                roles = table.column("role").to_pylist()
+                if roles.count("primary") >= answered:
+                    break
+            time.sleep(0.5)
+        summary.facts["decision log"] = {
+            "decisions answered": answered,
+            "primary decisions logged": roles.count("primary"),
+            "shadow answers logged": roles.count("shadow"),
+        }
+
+
+def analyze(config: DemoConfig, paths: Paths, traffic: Traffic, summary: Any) -> None:
+    """A/B: champion vs canary on the outcomes their rankings produced (canary phase only)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from attune.experiments.report import AnalyzeConfig, run_analysis
+
+    canary = traffic.results["canary"]
+    outcomes = outcomes_frame(canary)
+    Path(paths.outcomes).parent.mkdir(parents=True, exist_ok=True)
+    outcomes.to_parquet(paths.outcomes, index=False)
+    # The experiment is the canary phase: its decisions are the ones it drew outcomes for
+    # (earlier phases were all champion and would skew the sample-ratio check).
+    logged = pads.dataset(paths.decisions, partitioning="hive")
+    ids = pa.array(outcomes["decision_id"].tolist(), type=pa.string())
+    experiment_log = str(Path(paths.experiment) / "decisions" / "part-0.parquet")
+    Path(experiment_log).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        logged.to_table(
+            columns=["decision_id", "ts", "role", "arm"],
+            filter=pads.field("decision_id").isin(ids),
+        ),
+        experiment_log,
+    )
+    share = config.canary_percent / 100
+    report = run_analysis(
+        AnalyzeConfig(
+            decisions=str(Path(experiment_log).parent),
+            outcomes=paths.outcomes,
+            out=paths.experiment,
+            metric="reward",
+            covariate="on_time_rate_180",
+            weights={"champion": 1 - share, "canary": share},
+            fill_missing=0.0,
+        )
+    )
+    summary.facts["experiment"] = _experiment_facts(report)
+    summary.images["experiment: lift over time"] = Path(paths.experiment) / "lift_over_time.png"
+
+
+def _experiment_facts(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline of the A/B report: arms, SRM, lift with intervals, sequential p."""
+    facts: dict[str, Any] = {
+        f"{arm}: n / mean reward": f"{v['n']} / {v['mean']:.4f}"
+        for arm, v in report["arms"].items()
+    }
+    facts["sample-ratio mismatch"] = (
+        f"p = {report['srm']['p_value']:.3g} ({'FLAGGED' if report['srm']['flagged'] else 'ok'})"
+    )
+    for arm, c in report["comparisons"].items():
+        low, high = c["absolute_ci"]
+        facts[f"{arm} vs {c['control']}: absolute lift"] = (
+            f"{c['absolute_lift']:+.4f} [{low:+.4f}, {high:+.4f}]"
+        )
+        facts[f"{arm} vs {c['control']}: p (fixed / always-valid)"] = (
+            f"{c['p_value_fixed_horizon']:.3g} / {c['p_value_always_valid']:.3g}"
+        )
+        facts[f"{arm}: CUPED variance reduction"] = f"{c['variance_reduction']:.1%}"
+    return facts
+
+
+def drift(paths: Paths, version: str, summary: Any) -> None:
+    from attune.governance.monitor import drift_config, run_drift_monitor
+
+    report = run_drift_monitor(
+        drift_config(
+            registry=paths.registry,
+            version=version,
+            decisions=paths.decisions,
+            out=str(paths.root / "monitoring" / "drift"),
+        )
+    )
+    summary.facts["drift"] = {
+        "status": report["status"],
+        "rows compared": report["n_rows"],
+        "max PSI": round(float(report["max_psi"]), 4),
+        "features at warn": report["flagged"]["warn"],
+        "features at alert": report["flagged"]["alert"],
+    }
+    png = paths.root / "monitoring" / "drift" / "drift.png"
+    if png.exists():
+        summary.images["drift: PSI per feature"] = png
