@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -39,8 +40,8 @@ def _record(i: int, ts: datetime = DAY) -> DecisionRecord:
         touchpoint="app",
         feature_source="request",
         candidates=("pay_now", "autopay_enroll"),
-        features=((1.0, 2.0), (3.0, 4.0)),
-        scores=(0.5, 0.25),
+        features=np.asarray([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32),
+        scores=np.asarray([0.5, 0.25]),
         returned_order=("pay_now", "autopay_enroll"),
         propensities=None,
         latency_ms=1.5,
@@ -139,3 +140,28 @@ def test_parquet_sink_writes_readable_files_under_date_partitions(tmp_path: Path
     assert table.schema.equals(DECISION_SCHEMA)
     assert table.column("features")[0].as_py() == [[1.0, 2.0], [3.0, 4.0]]
     assert not list(tmp_path.rglob(".*"))  # no half-written temporary files left
+
+
+def test_records_with_different_candidate_counts_keep_their_own_rows() -> None:
+    sink, clock = MemorySink(), Clock()
+    log = _log(sink, clock)
+    one = _record(1)
+    three = DecisionRecord(
+        **{
+            **one.__dict__,
+            "decision_id": "d3",
+            "candidates": ("a", "b", "c"),
+            "features": np.arange(6, dtype=np.float32).reshape(3, 2),
+            "scores": np.asarray([3.0, 2.0, 1.0]),
+            "returned_order": ("a", "b", "c"),
+            "propensities": (0.5, 0.3, 0.2),
+        }
+    )
+    log.append(one)
+    log.append(three)
+    log.flush()
+    rows = sink.rows()
+    assert rows[0]["features"] == [[1.0, 2.0], [3.0, 4.0]] and rows[0]["scores"] == [0.5, 0.25]
+    assert rows[1]["features"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert rows[1]["scores"] == [3.0, 2.0, 1.0] and rows[1]["propensities"] == [0.5, 0.3, 0.2]
+    assert rows[0]["propensities"] is None

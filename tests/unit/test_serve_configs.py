@@ -44,7 +44,8 @@ def test_config_parses_as_serve_deploy_schema_with_valid_args_and_user_config(
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "local.yaml"], ids=str)
 def test_shared_environments_keep_models_and_decisions_on_s3(path: Path) -> None:
-    args = AppArgs.model_validate(ServeDeploySchema.model_validate(_load(path)).applications[0].args)
+    app = ServeDeploySchema.model_validate(_load(path)).applications[0]
+    args = AppArgs.model_validate(app.args)
     assert args.registry_uri().startswith("s3://") and args.store_uri().startswith("s3://")
 
 
@@ -116,3 +117,12 @@ def test_invalid_rollout_steps_are_refused_naming_the_argument(kwargs: dict, nam
     with pytest.raises(ValidationError) as err:
         RolloutRequest(**kwargs)
     assert named in str(err.value)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_configs_keep_the_replica_environment_of_the_code(path: Path) -> None:
+    """A config's ray_actor_options replace the code's, so they must repeat REPLICA_ENV."""
+    from attune.serving.ingress import REPLICA_ENV
+
+    (ingress,) = ServeDeploySchema.model_validate(_load(path)).applications[0].deployments
+    assert ingress.ray_actor_options.runtime_env["env_vars"] == REPLICA_ENV

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from attune import storage
@@ -64,7 +65,12 @@ DECISION_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class DecisionRecord:
-    """One logged decision. ``features[i]`` and ``scores[i]`` belong to ``candidates[i]``."""
+    """One logged decision. ``features[i]`` and ``scores[i]`` belong to ``candidates[i]``.
+
+    ``features`` (``float32[n, n_features]``) and ``scores`` (``float64[n]``) are kept as
+    the arrays the request produced; they become Arrow lists only when a batch is written
+    (vectorized, off the request path).
+    """
 
     decision_id: str
     ts: datetime
@@ -76,8 +82,8 @@ class DecisionRecord:
     touchpoint: str
     feature_source: str
     candidates: tuple[str, ...]
-    features: tuple[tuple[float, ...], ...]
-    scores: tuple[float, ...]
+    features: np.ndarray
+    scores: np.ndarray
     returned_order: tuple[str, ...]
     propensities: tuple[float, ...] | None
     latency_ms: float
@@ -89,11 +95,26 @@ class DecisionRecord:
 
 def records_to_table(records: Sequence[DecisionRecord]) -> pa.Table:
     """A :data:`DECISION_SCHEMA` table of ``records``."""
-    columns: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA.names}
-    for record in records:
-        for name in DECISION_SCHEMA.names:
-            columns[name].append(getattr(record, name))
-    return pa.Table.from_pydict(columns, schema=DECISION_SCHEMA)
+    arrays: dict[str, pa.Array] = {}
+    for name in DECISION_SCHEMA.names:
+        if name not in _ARRAY_COLUMNS:
+            values = [getattr(record, name) for record in records]
+            arrays[name] = pa.array(values, type=DECISION_SCHEMA.field(name).type)
+    counts = np.fromiter((len(r.scores) for r in records), dtype=np.int32, count=len(records))
+    per_record = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    arrays["scores"] = pa.ListArray.from_arrays(
+        per_record, pa.array(np.concatenate([r.scores for r in records]).astype(np.float64))
+    )
+    rows = np.concatenate([r.features for r in records]).astype(np.float32)
+    per_row = np.arange(0, rows.size + 1, max(rows.shape[1], 1), dtype=np.int32)
+    inner = pa.ListArray.from_arrays(per_row[: rows.shape[0] + 1], pa.array(rows.reshape(-1)))
+    arrays["features"] = pa.ListArray.from_arrays(per_record, inner)
+    return pa.Table.from_arrays(
+        [arrays[name] for name in DECISION_SCHEMA.names], schema=DECISION_SCHEMA
+    )
+
+
+_ARRAY_COLUMNS = frozenset({"features", "scores"})
 
 
 class DecisionSink(Protocol):

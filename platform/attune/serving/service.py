@@ -233,15 +233,17 @@ class RankingService:
         decision_id = uuid.uuid4().hex
         options = request.option_ids
         reasons = self._reasons(request, scorer, X)
+        # model_construct: every value was produced (and typed) here, not sent by a client.
+        score_list = scores.tolist()
         ranked = [
-            RankedOption(
+            RankedOption.model_construct(
                 option_id=options[i],
-                score=float(scores[i]),
+                score=score_list[i],
                 rank=r + 1,
                 propensity=None if propensities is None else float(propensities[r]),
                 reasons=None if reasons is None else reasons[i],
             )
-            for r, i in enumerate(order)
+            for r, i in enumerate(order.tolist())
         ]
         latency_ms = (time.perf_counter() - started) * 1000.0
         borrower_hash = hash_borrower(request.borrower_id, salt=self._salt)
@@ -270,7 +272,7 @@ class RankingService:
             self._enqueue(job)
         if state.shadow is not None and state.split.mirror(decision_id):
             self._enqueue(replace(job, kind="shadow"))
-        return RankResponse(
+        return RankResponse.model_construct(
             decision_id=decision_id,
             model_version=scorer.version,
             arm=arm,
@@ -383,8 +385,8 @@ class RankingService:
                 touchpoint=touchpoint,
                 feature_source=source,
                 candidates=option_ids,
-                features=tuple(map(tuple, X.tolist())),
-                scores=tuple(scores.tolist()),
+                features=X,
+                scores=scores,
                 returned_order=tuple(option_ids[i] for i in order),
                 propensities=None if propensities is None else tuple(propensities.tolist()),
                 latency_ms=latency_ms,
