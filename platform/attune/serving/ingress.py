@@ -163,8 +163,15 @@ def _safe_id(tag: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in tag)[:64]
 
 
+#: Replica process settings. User code runs on Serve's own event loop: a second loop thread
+#: would contend for the GIL with the response path (the background shadow scoring then
+#: delays answers) and costs a cross-thread hop per request. Handlers never block the loop.
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
+
 @serve.deployment(
     name=INGRESS_NAME,
+    ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}},
     max_ongoing_requests=64,
     health_check_period_s=10,
     health_check_timeout_s=30,
