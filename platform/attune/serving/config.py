@@ -13,6 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
+from attune.serving.auth import AuthConfig
 from attune.serving.guardrails import GuardrailBounds
 from attune.settings import get_settings
 
@@ -106,6 +107,10 @@ class AppArgs(BaseModel):
         ge=1,
         le=1_000_000,
         description="Mirrored requests waiting for the shadow model; beyond it they are dropped.",
+    )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,
+        description="API authentication: bearer token from the environment (attune.serving.auth).",
     )
     auto_rollback_redeploy: bool = Field(
         default=True,
