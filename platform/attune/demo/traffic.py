@@ -67,7 +67,8 @@ def presentations(split: Any, spec: FeatureSpec, *, limit: int, seed: int) -> li
     out = []
     for row in chosen:
         x = split.X[row]
-        borrower = {name: round(float(x[i]), 6) for name, i in index.items()}
+        # exact float32 values: rounding would move them across the drift reference's bin edges
+        borrower = {name: float(x[i]) for name, i in index.items()}
         body = {
             "borrower_id": int(split.borrower_id[row]),
             "context": {"touchpoint": TOUCHPOINTS[int(np.argmax(x[touch]))]},
