@@ -1,0 +1,462 @@
+"""The online feature view: every borrower's features as of now, from a snapshot plus new events.
+
+A snapshot (``attune features materialize``, :mod:`attune.data.materialize`) holds each
+borrower's events that later features still need, and the borrower and loan rows. An
+:class:`OnlineView` keeps them in flat numpy columns sorted by borrower (about 26 bytes
+per kept event), adds the events posted since (``POST /v1/events``) per borrower, and
+answers a look-up by calling :func:`attune.data.features.borrower_features`, the code
+that builds training data, on that borrower's events as of the request time. Online
+features therefore equal offline features for the same borrower and time by
+construction; a test proves it on simulator data.
+
+* Unknown borrower (not in the snapshot): the **population defaults**, the median of
+  each feature over the snapshot's borrowers at the snapshot time, flagged
+  ``fallback=True``; never an error.
+* Idempotence: an event whose ``(borrower_id, event_id)`` the view has seen (in the
+  snapshot or posted before) is a duplicate and changes nothing.
+* Horizon: events older than ``as_of - horizon_days`` of the snapshot are stored for
+  the next materialization but not applied (the snapshot compacted that period).
+* Reload: :class:`OnlineFeatureStore` builds the next view off the event loop, carries
+  over the events posted since (skipping those the new snapshot already holds) and
+  swaps one reference on the loop, so a request sees either view, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from attune import storage
+from attune.data.features import MAX_WINDOW_DAYS, borrower_features, micros
+from attune.data.materialize import SNAPSHOT_PARTS, SnapshotInfo, latest_snapshot
+from attune.data.schema import CHANNELS, EVENT_TYPES
+from attune.data.spec import BORROWER_FEATURES
+from attune.errors import InvalidInput, StoreNotFound, Unavailable
+from attune.serving.events import (
+    EventLog,
+    EventsRequest,
+    EventsResponse,
+    events_frame,
+    read_logged_events,
+)
+
+log = logging.getLogger(__name__)
+
+_DAY_US = 86_400_000_000
+# code -1 (null or unknown) picks the trailing None
+_TYPE_NAMES = np.array([*EVENT_TYPES, None], dtype=object)
+_CHANNEL_NAMES = np.array([*CHANNELS, None], dtype=object)
+_FEATURES = list(BORROWER_FEATURES)
+Status = str
+#: What happened to a posted event.
+STATUSES: tuple[Status, ...] = ("applied", "duplicate", "unknown_borrower", "stale")
+
+
+@dataclass(frozen=True)
+class OnlineLookup:
+    """One borrower's features as of ``as_of`` and where they came from."""
+
+    borrower_id: int
+    as_of: datetime
+    snapshot_id: str
+    spec_hash: str
+    fallback: bool
+    features: dict[str, float]
+
+
+def _codes(values: pd.Series, names: Sequence[str]) -> npt.NDArray[np.int8]:
+    return np.asarray(pd.Categorical(values, categories=list(names)).codes, dtype=np.int8)
+
+
+def _frame(columns: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    # pandas' arrow-backed column labels make each column insert costly; plain labels do not
+    frame.columns = pd.Index(list(columns), dtype=object)
+    return frame
+
+
+def _ranges(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Concatenated ``arange(start, end)`` for each pair, vectorized."""
+    lengths = ends - starts
+    offsets = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
+
+
+class OnlineView:
+    """One snapshot's borrowers in flat columns, plus the events applied since.
+
+    Not thread-safe: mutate (``apply``) and read (``lookup``) from one thread (the
+    replica's event loop); a view being built elsewhere is private until swapped in.
+    """
+
+    def __init__(
+        self,
+        info: SnapshotInfo,
+        *,
+        features: pd.DataFrame,
+        events: pd.DataFrame,
+        borrowers: pd.DataFrame,
+        loans: pd.DataFrame,
+        horizon_days: int = MAX_WINDOW_DAYS,
+    ) -> None:
+        self.info = info
+        self.as_of_us = int(micros([info.as_of])[0])
+        self.cutoff_us = self.as_of_us - horizon_days * _DAY_US
+        self.ids = np.unique(features["borrower_id"].to_numpy(dtype=np.int64))
+        medians = features[_FEATURES].median() if len(features) else pd.Series(0.0, _FEATURES)
+        self.defaults = {n: float(np.float32(medians[n])) for n in _FEATURES}
+        people = borrowers.drop_duplicates("borrower_id", keep="last").set_index("borrower_id")
+        people = people.reindex(self.ids)
+        self._income = people["income_monthly"].to_numpy(dtype=np.float64, na_value=np.nan)
+        self._volatility = people["income_volatility"].to_numpy(dtype=np.float64, na_value=np.nan)
+        loans = loans.loc[loans["borrower_id"].isin(self.ids) & loans["origination_ts"].notna()]
+        loans = loans.iloc[np.argsort(loans["borrower_id"].to_numpy(), kind="stable")]
+        loan_ids = loans["borrower_id"].to_numpy(dtype=np.int64)
+        self._loan_bounds = np.searchsorted(loan_ids, np.append(self.ids, np.iinfo(np.int64).max))
+        self._loan_us = micros(loans["origination_ts"])
+        self._loan = {
+            c: loans[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            for c in ("term_months", "installment", "apr")
+        }
+        events = events.loc[events["borrower_id"].isin(self.ids)]
+        us = micros(events["ts"])
+        order = np.lexsort((us, events["borrower_id"].to_numpy()))
+        events = events.iloc[order]
+        ev_ids = events["borrower_id"].to_numpy(dtype=np.int64)
+        self._ev_bounds = np.searchsorted(ev_ids, np.append(self.ids, np.iinfo(np.int64).max))
+        self._ev_us = us[order]
+        self._ev_type = _codes(events["event_type"], EVENT_TYPES)
+        self._ev_channel = _codes(events["channel"], CHANNELS)
+        self._ev_amount = events["amount"].to_numpy(dtype=np.float64, na_value=np.nan)
+        self._ev_hash = pd.util.hash_array(events["event_id"].to_numpy(dtype=object))
+        self._delta: dict[int, list[tuple[int, int, int, float]]] = {}
+        self._seen: set[tuple[int, int]] = set()
+        #: Frames of every non-duplicate event applied since the view was built.
+        self.posted: list[pd.DataFrame] = []
+
+    @classmethod
+    def load(cls, info: SnapshotInfo) -> OnlineView:
+        """Read a committed snapshot (StoreNotFound when missing, uncommitted or incomplete)."""
+        import pyarrow.dataset as pads
+
+        if not storage.is_complete(info.uri):
+            raise StoreNotFound(uri=info.uri, problem="snapshot missing or not committed")
+        manifest = storage.read_json(storage.join(info.uri, "manifest.json"))
+        parts: dict[str, pd.DataFrame] = {}
+        for part, schema in SNAPSHOT_PARTS.items():
+            uri = storage.join(info.uri, part)
+            if not storage.list_uris(uri):
+                raise StoreNotFound(uri=uri, problem="snapshot part missing: materialize again")
+            fs, path = storage.pyarrow_filesystem(uri)
+            data = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
+            parts[part] = data.to_table().to_pandas()
+        return cls(info, horizon_days=int(manifest.get("horizon_days", MAX_WINDOW_DAYS)), **parts)
+
+    def nbytes(self) -> int:
+        """Bytes held by the snapshot columns (events applied since are not counted)."""
+        arrays = [
+            self.ids,
+            self._income,
+            self._volatility,
+            self._loan_bounds,
+            self._loan_us,
+            *self._loan.values(),
+            self._ev_bounds,
+            self._ev_us,
+            self._ev_type,
+            self._ev_channel,
+            self._ev_amount,
+            self._ev_hash,
+        ]
+        return int(sum(a.nbytes for a in arrays))
+
+    def _position(self, borrower_ids: npt.NDArray[np.int64]) -> tuple[Any, Any]:
+        pos = np.minimum(np.searchsorted(self.ids, borrower_ids), max(len(self.ids) - 1, 0))
+        known = self.ids[pos] == borrower_ids if len(self.ids) else np.zeros(len(pos), bool)
+        return pos, known
+
+    # ------------------------------------------------------------------ updates
+
+    def apply(self, frame: pd.DataFrame) -> list[Status]:
+        """Apply an ``events`` frame (validated); returns each row's status, in order."""
+        if frame.empty:
+            return []
+        ids = frame["borrower_id"].to_numpy(dtype=np.int64)
+        hashes = pd.util.hash_array(frame["event_id"].to_numpy(dtype=object))
+        us = micros(frame["ts"])
+        types = _codes(frame["event_type"], EVENT_TYPES)
+        channels = _codes(frame["channel"], CHANNELS)
+        amounts = frame["amount"].to_numpy(dtype=np.float64, na_value=np.nan)
+        pos, known = self._position(ids)
+        statuses: list[Status] = []
+        for i in range(len(frame)):
+            bid, key = int(ids[i]), (int(ids[i]), int(hashes[i]))
+            start, end = self._ev_bounds[pos[i]], self._ev_bounds[pos[i] + 1]
+            if key in self._seen or (known[i] and (self._ev_hash[start:end] == hashes[i]).any()):
+                statuses.append("duplicate")
+                continue
+            self._seen.add(key)
+            if not known[i]:
+                statuses.append("unknown_borrower")
+            elif us[i] < self.cutoff_us:
+                statuses.append("stale")
+            else:
+                row = (int(us[i]), int(types[i]), int(channels[i]), float(amounts[i]))
+                self._delta.setdefault(bid, []).append(row)
+                statuses.append("applied")
+        kept = frame.loc[np.asarray(statuses) != "duplicate"]
+        if not kept.empty:
+            self.posted.append(kept)
+        return statuses
+
+    # ------------------------------------------------------------------ look-ups
+
+    def check_as_of(self, as_of: datetime) -> None:
+        """Raise InvalidInput naming ``as_of`` when it precedes the snapshot (not exact then)."""
+        if int(micros([as_of])[0]) < self.as_of_us:
+            raise InvalidInput(
+                f"as_of {as_of.isoformat()} precedes snapshot {self.info.snapshot_id} "
+                f"({self.info.as_of.isoformat()}): online features start at the snapshot",
+                field="as_of",
+                value=as_of.isoformat(),
+            )
+
+    def lookup(self, borrower_ids: Sequence[int], as_ofs: Sequence[datetime]) -> list[OnlineLookup]:
+        """Features of each ``(borrower_ids[i], as_ofs[i])``: one vectorized feature call.
+
+        Every ``as_of`` must pass :meth:`check_as_of`. Unknown borrowers get the
+        population defaults with ``fallback=True``.
+        """
+        q_ids = np.asarray(borrower_ids, dtype=np.int64)
+        pos, known = self._position(q_ids)
+        rows: npt.NDArray[np.float32] = np.zeros((0, len(_FEATURES)), np.float32)
+        if known.any():
+            queries = _frame(
+                {"borrower_id": q_ids[known], "ts": micros(as_ofs)[known].astype("datetime64[us]")}
+            )
+            events, people, loans = self._inputs(np.unique(pos[known]))
+            computed = borrower_features(events, queries, borrowers=people, loans=loans)
+            rows = computed[_FEATURES].to_numpy(dtype=np.float32)
+        out, k = [], 0
+        for i, bid in enumerate(q_ids.tolist()):
+            if known[i]:
+                features, k = dict(zip(_FEATURES, rows[k].tolist(), strict=True)), k + 1
+            else:
+                features = dict(self.defaults)
+            out.append(
+                OnlineLookup(
+                    borrower_id=bid,
+                    as_of=as_ofs[i],
+                    snapshot_id=self.info.snapshot_id,
+                    spec_hash=self.info.spec_hash,
+                    fallback=not known[i],
+                    features=features,
+                )
+            )
+        return out
+
+    def _inputs(self, rows: npt.NDArray[np.int64]) -> tuple[pd.DataFrame, ...]:
+        """(events, borrowers, loans) frames of the borrowers at ``rows`` of ``self.ids``."""
+        ids = self.ids[rows]
+        idx = _ranges(self._ev_bounds[rows], self._ev_bounds[rows + 1])
+        owners = np.repeat(ids, self._ev_bounds[rows + 1] - self._ev_bounds[rows])
+        cols = [owners, self._ev_us[idx], self._ev_type[idx], self._ev_channel[idx]]
+        cols.append(self._ev_amount[idx])
+        extra = [(b, *row) for b in ids.tolist() for row in self._delta.get(b, ())]
+        if extra:  # events applied since the snapshot, in the same columns
+            added = zip(*extra, strict=True)
+            cols = [
+                np.concatenate([c, np.asarray(a, dtype=c.dtype)])
+                for c, a in zip(cols, added, strict=True)
+            ]
+        events = _frame(
+            {
+                "borrower_id": cols[0],
+                "ts": cols[1].astype("datetime64[us]"),
+                "event_type": _TYPE_NAMES[cols[2]],
+                "amount": cols[4],
+                "channel": _CHANNEL_NAMES[cols[3]],
+            }
+        )
+        people = _frame(
+            {
+                "borrower_id": ids,
+                "income_monthly": self._income[rows],
+                "income_volatility": self._volatility[rows],
+            }
+        )
+        lidx = _ranges(self._loan_bounds[rows], self._loan_bounds[rows + 1])
+        loans = _frame(
+            {
+                "borrower_id": np.repeat(
+                    ids, self._loan_bounds[rows + 1] - self._loan_bounds[rows]
+                ),
+                "origination_ts": self._loan_us[lidx].astype("datetime64[us]"),
+                **{c: v[lidx] for c, v in self._loan.items()},
+            }
+        )
+        return events, people, loans
+
+
+class OnlineMetrics(Protocol):
+    """What the online feature view records."""
+
+    def looked_up(self, *, hits: int, misses: int) -> None: ...
+
+    def events(self, counts: dict[str, int]) -> None: ...
+
+    def snapshot(self, *, age_s: float, borrowers: int) -> None: ...
+
+    def reloaded(self) -> None: ...
+
+
+class NullOnlineMetrics:
+    """Records nothing (unit tests)."""
+
+    def looked_up(self, *, hits: int, misses: int) -> None:
+        pass
+
+    def events(self, counts: dict[str, int]) -> None:
+        pass
+
+    def snapshot(self, *, age_s: float, borrowers: int) -> None:
+        pass
+
+    def reloaded(self) -> None:
+        pass
+
+
+class OnlineFeatureStore:
+    """The online view of one store and feature spec: load, look up, post, reload.
+
+    Plain Python (the Serve deployment in :mod:`attune.serving.online` drives it):
+    ``next_view`` does the I/O and runs in a worker thread; everything else runs on the
+    replica's event loop. Raises :class:`Unavailable` while no snapshot is loaded.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        *,
+        spec_hash: str,
+        event_log: EventLog | None,
+        metrics: OnlineMetrics | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store, self.spec_hash = store, spec_hash
+        self._log = event_log
+        self._metrics: OnlineMetrics = metrics or NullOnlineMetrics()
+        self._now = now
+        self._view: OnlineView | None = None
+
+    @property
+    def view(self) -> OnlineView:
+        if self._view is None:
+            raise Unavailable(
+                f"no feature snapshot of spec {self.spec_hash} under {self.store} yet "
+                "(run `attune features materialize`)",
+                store=self.store,
+                spec_hash=self.spec_hash,
+            )
+        return self._view
+
+    # ------------------------------------------------------------------ snapshots
+
+    def next_view(self) -> tuple[OnlineView, int] | None:
+        """Build the view of a newer snapshot than the current one, or None (blocking I/O).
+
+        Returns the view and how many of the current view's posted batches it already
+        carries; :meth:`swap` applies the rest. A snapshot dated after now waits. The
+        first view replays the events logged under the store since its horizon.
+        """
+        try:
+            info = latest_snapshot(self.store, spec_hash=self.spec_hash)
+        except StoreNotFound:
+            return None
+        current = self._view
+        if current is not None and info.as_of <= current.info.as_of:
+            return None
+        if info.as_of > self._now():
+            log.warning("snapshot %s is dated in the future: not loaded yet", info.snapshot_id)
+            return None
+        view = OnlineView.load(info)
+        if current is None:
+            if self._log is not None:
+                since = datetime.fromtimestamp(view.cutoff_us / 1e6, UTC)
+                view.apply(read_logged_events(self.store, since=since))
+            return view, 0
+        carried = list(current.posted)
+        for frame in carried:
+            view.apply(frame)
+        return view, len(carried)
+
+    def swap(self, view: OnlineView, carried: int = 0) -> None:
+        """Serve ``view`` from now on, after applying what was posted while it was built."""
+        if self._view is not None:
+            for frame in self._view.posted[carried:]:
+                view.apply(frame)
+            self._metrics.reloaded()
+        self._view = view
+        log.info("online view: serving snapshot %s", view.info.snapshot_id)
+        self.refresh_metrics()
+
+    def refresh_metrics(self) -> None:
+        if self._view is not None:
+            age = (self._now() - self._view.info.as_of).total_seconds()
+            self._metrics.snapshot(age_s=age, borrowers=len(self._view.ids))
+
+    # ------------------------------------------------------------------ requests
+
+    @property
+    def snapshot_id(self) -> str | None:
+        return self._view.info.snapshot_id if self._view is not None else None
+
+    def lookup(
+        self, borrower_ids: Sequence[int], as_ofs: Sequence[datetime]
+    ) -> list[OnlineLookup | InvalidInput]:
+        """Features of each borrower as of each time (see :meth:`OnlineView.lookup`).
+
+        A time before the snapshot gets its :class:`InvalidInput` in its place; the
+        others are computed together.
+        """
+        view = self.view
+        out: list[OnlineLookup | InvalidInput | None] = [None] * len(as_ofs)
+        ok: list[int] = []
+        for i, as_of in enumerate(as_ofs):
+            try:
+                view.check_as_of(as_of)
+                ok.append(i)
+            except InvalidInput as exc:
+                out[i] = exc
+        found = view.lookup([borrower_ids[i] for i in ok], [as_ofs[i] for i in ok])
+        for i, f in zip(ok, found, strict=True):
+            out[i] = f
+        misses = sum(f.fallback for f in found)
+        self._metrics.looked_up(hits=len(found) - misses, misses=misses)
+        return [o for o in out if o is not None]
+
+    def post(self, request: EventsRequest) -> EventsResponse:
+        """Apply and log posted events (Unavailable when the log's buffer is full)."""
+        view = self.view
+        frame = events_frame(request.events)
+        if self._log is not None:
+            self._log.reserve(len(frame))
+        statuses = view.apply(frame)
+        if self._log is not None:
+            self._log.append(frame.loc[np.asarray(statuses) != "duplicate"])
+        counts = {s: statuses.count(s) for s in STATUSES}
+        self._metrics.events(counts)
+        return EventsResponse(
+            applied=counts["applied"],
+            duplicates=counts["duplicate"],
+            unknown_borrowers=counts["unknown_borrower"],
+            stale=counts["stale"],
+            snapshot_id=view.info.snapshot_id,
+        )
