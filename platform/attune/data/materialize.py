@@ -10,19 +10,26 @@ offline features by construction. Layout under the store::
 
     <out>/features/<spec_hash>/<snapshot_id>/features/*.parquet   borrower_id, as_of, features
                                             events/*.parquet     history ``events`` schema
+                                            borrowers/*.parquet  their ``borrowers`` rows
+                                            loans/*.parquet      their ``loans`` rows
                                             manifest.json        as_of, spec hash, counts
                                             _SUCCESS
     <out>/features/<spec_hash>/latest.json  pointer, written after the snapshot is committed
 
 ``snapshot_id`` is ``<as_of as YYYYmmddTHHMMSSZ>-<random>``, so ids sort by time. The
 pointer only moves forward in ``as_of``: back-filling an older snapshot leaves it.
+
+Events posted to the serving app (``POST /v1/events``) are logged under
+``<out>/events_online/month=YYYY-MM/`` in the history's ``events`` schema; materialize
+reads them beside the history's own events (``MaterializeConfig.online_events``), and
+an event id seen twice for a borrower counts once.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,8 +41,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from attune import storage
 from attune.data.features import MAX_WINDOW_DAYS, borrower_features, compact_events
 from attune.data.pipeline import bucketed, scan, unpack
-from attune.data.reader import list_history
-from attune.data.schema import EVENTS, TS
+from attune.data.reader import HistoryFiles, list_history
+from attune.data.schema import BORROWERS, EVENTS, LOANS, TS
 from attune.data.spec import BORROWER_FEATURES, default_spec
 from attune.errors import StoreNotFound
 
@@ -52,7 +59,16 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "borrowers": ("borrower_id", "signup_ts", "income_monthly", "income_volatility"),
     "loans": ("borrower_id", "origination_ts", "term_months", "installment", "apr"),
 }
-_PARTS = ("features", "events")
+#: Where the serving app logs posted events under the store (history ``events`` layout).
+ONLINE_EVENTS_DIR = "events_online"
+#: The parts of a snapshot and their schemas: everything the online view needs.
+SNAPSHOT_PARTS: dict[str, pa.Schema] = {
+    "features": FEATURES_SCHEMA,
+    "events": EVENTS,
+    "borrowers": pa.schema([BORROWERS.field(c) for c in _COLUMNS["borrowers"]]),
+    "loans": pa.schema([LOANS.field(c) for c in _COLUMNS["loans"]]),
+}
+_PARTS = tuple(SNAPSHOT_PARTS)
 
 
 class MaterializeConfig(BaseModel):
@@ -71,6 +87,10 @@ class MaterializeConfig(BaseModel):
     )
     buckets: int = Field(default=32, ge=1, le=65_536, description="Borrower hash buckets.")
     partitions: int = Field(default=4, ge=1, le=4096, description="Shuffle partitions.")
+    online_events: bool = Field(
+        default=True,
+        description=f"Also read the events the serving app logged under <out>/{ONLINE_EVENTS_DIR}.",
+    )
 
 
 @dataclass(frozen=True)
@@ -147,16 +167,25 @@ def _ipc(table: pa.Table) -> bytes:
 
 def _snapshot_bucket(group: pa.Table, *, as_of: datetime, horizon_days: int) -> pa.Table:
     frames = unpack(group, _COLUMNS)
+    # an event logged by the serving app may also reach the history later: count it once
+    events = frames["events"].drop_duplicates(["borrower_id", "event_id"], keep="first")
     feats, kept = snapshot_rows(
-        events=frames["events"],
+        events=events,
         borrowers=frames["borrowers"],
         loans=frames["loans"],
         as_of=as_of,
         horizon_days=horizon_days,
     )
+    ids = feats["borrower_id"]
+    parts = {
+        "features": feats,
+        "events": kept,
+        "borrowers": frames["borrowers"].loc[frames["borrowers"]["borrower_id"].isin(ids)],
+        "loans": frames["loans"].loc[frames["loans"]["borrower_id"].isin(ids)],
+    }
     tables = [
-        pa.Table.from_pandas(feats, schema=FEATURES_SCHEMA, preserve_index=False),
-        pa.Table.from_pandas(kept, schema=EVENTS, preserve_index=False),
+        pa.Table.from_pandas(parts[part], schema=schema, preserve_index=False)
+        for part, schema in SNAPSHOT_PARTS.items()
     ]
     return pa.table(
         {
@@ -187,6 +216,8 @@ def materialize(
     as_of = config.as_of or datetime.now(timezone.utc)
     spec = default_spec()
     files = list_history(histories_uri, tables=tuple(_COLUMNS))
+    if config.online_events:
+        files = _with_online_events(files, out_uri)
     scan(files)
     root = snapshot_root(out_uri, spec.hash)
     snapshot_id = f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -199,7 +230,7 @@ def materialize(
             batch_format="pyarrow",
             fn_kwargs={"as_of": as_of, "horizon_days": config.horizon_days},
         )
-        .materialize()  # one pass of feature code, two outputs
+        .materialize()  # one pass of feature code, every part
     )
     sizes = computed.select_columns(["_part", "_rows"]).to_pandas()
     counts = {part: int(sizes.loc[sizes["_part"] == part, "_rows"].sum()) for part in _PARTS}
@@ -229,6 +260,20 @@ def materialize(
     return info
 
 
+def _with_online_events(files: HistoryFiles, out_uri: str) -> HistoryFiles:
+    """``files`` plus the events the serving app logged under ``out_uri`` (if any)."""
+    prefix = storage.join(out_uri, ONLINE_EVENTS_DIR)
+    logged = tuple(
+        uri
+        for uri in storage.list_uris(prefix)
+        if uri.endswith(".parquet")
+        and not any(p.startswith((".", "_")) for p in uri[len(prefix) :].split("/"))
+    )
+    if not logged:
+        return files
+    return replace(files, files={**files.files, "events": files.files["events"] + logged})
+
+
 def _ensure_files(stage: str, part: str) -> None:
     """An empty part still gets one file carrying its schema."""
     target = storage.join(stage, part)
@@ -236,7 +281,7 @@ def _ensure_files(stage: str, part: str) -> None:
         return
     import pyarrow.parquet as pq
 
-    schema = FEATURES_SCHEMA if part == "features" else EVENTS
+    schema = SNAPSHOT_PARTS[part]
     fs, path = storage.pyarrow_filesystem(storage.join(target, "part-empty.parquet"))
     if not storage.is_s3(stage):
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)

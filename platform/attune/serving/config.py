@@ -82,6 +82,45 @@ class DecisionLogConfig(BaseModel):
         return self
 
 
+class OnlineConfig(BaseModel):
+    """The online feature view: a second deployment (see attune.serving.online)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec_hash: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Feature spec whose snapshots are served; default: this code's spec.",
+    )
+    reload_interval_s: float = Field(
+        default=30.0, gt=0, le=3600, description="How often the latest snapshot is looked for."
+    )
+    max_batch_size: int = Field(
+        default=64, ge=1, le=1024, description="Concurrent look-ups computed in one call."
+    )
+    events_max_batch: int = Field(
+        default=1000, ge=1, le=100_000, description="Posted events per file in the store."
+    )
+    events_max_age_s: float = Field(
+        default=2.0, gt=0, le=300, description="Oldest unwritten posted event before a write (s)."
+    )
+    events_max_buffer: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Unwritten posted events kept while the store fails; beyond, posts get 503.",
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> OnlineConfig:
+        if self.events_max_buffer < self.events_max_batch:
+            raise ValueError(
+                f"events_max_buffer ({self.events_max_buffer}) must be >= "
+                f"events_max_batch ({self.events_max_batch})"
+            )
+        return self
+
+
 class AppArgs(BaseModel):
     """Arguments of the Serve application builder ``attune.serving.app:build_app``."""
 
@@ -111,6 +150,11 @@ class AppArgs(BaseModel):
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         description="API authentication: bearer token from the environment (attune.serving.auth).",
+    )
+    online: OnlineConfig | None = Field(
+        default=None,
+        description="Online feature view over the store's snapshots and POST /v1/events; "
+        "unset: requests must carry their features.",
     )
     auto_rollback_redeploy: bool = Field(
         default=True,
