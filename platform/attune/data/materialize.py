@@ -39,8 +39,8 @@ import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from attune import storage
+from attune.data.buckets import DEFAULT_READ_TASKS, ipc, read_packed, unpack
 from attune.data.features import MAX_WINDOW_DAYS, borrower_features, compact_events
-from attune.data.pipeline import bucketed, scan, unpack
 from attune.data.reader import HistoryFiles, list_history
 from attune.data.schema import BORROWERS, EVENTS, LOANS, TS
 from attune.data.spec import BORROWER_FEATURES, default_spec
@@ -87,6 +87,9 @@ class MaterializeConfig(BaseModel):
     )
     buckets: int = Field(default=32, ge=1, le=65_536, description="Borrower hash buckets.")
     partitions: int = Field(default=4, ge=1, le=4096, description="Shuffle partitions.")
+    read_tasks: int = Field(
+        default=DEFAULT_READ_TASKS, ge=1, le=4096, description="Tasks reading the input files."
+    )
     online_events: bool = Field(
         default=True,
         description=f"Also read the events the serving app logged under <out>/{ONLINE_EVENTS_DIR}.",
@@ -158,13 +161,6 @@ def snapshot_rows(
     return feats, kept[EVENTS.names]
 
 
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue())
-
-
 def _snapshot_bucket(group: pa.Table, *, as_of: datetime, horizon_days: int) -> pa.Table:
     frames = unpack(group, _COLUMNS)
     # an event logged by the serving app may also reach the history later: count it once
@@ -191,7 +187,7 @@ def _snapshot_bucket(group: pa.Table, *, as_of: datetime, horizon_days: int) -> 
         {
             "_part": pa.array(list(_PARTS), pa.string()),
             "_rows": pa.array([t.num_rows for t in tables], pa.int64()),
-            "_payload": pa.array([_ipc(t) for t in tables], pa.large_binary()),
+            "_payload": pa.array([ipc(t) for t in tables], pa.large_binary()),
         }
     )
 
@@ -218,13 +214,14 @@ def materialize(
     files = list_history(histories_uri, tables=tuple(_COLUMNS))
     if config.online_events:
         files = _with_online_events(files, out_uri)
-    scan(files)
+    packed, _ = read_packed(
+        files, columns=_COLUMNS, buckets=config.buckets, tasks=config.read_tasks
+    )
     root = snapshot_root(out_uri, spec.hash)
     snapshot_id = f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     target = storage.join(root, snapshot_id)
     computed = (
-        bucketed(files, columns=_COLUMNS, buckets=config.buckets)
-        .groupby("_bucket", num_partitions=config.partitions)
+        packed.groupby("_bucket", num_partitions=config.partitions)
         .map_groups(
             _snapshot_bucket,
             batch_format="pyarrow",
@@ -232,6 +229,7 @@ def materialize(
         )
         .materialize()  # one pass of feature code, every part
     )
+    del packed
     sizes = computed.select_columns(["_part", "_rows"]).to_pandas()
     counts = {part: int(sizes.loc[sizes["_part"] == part, "_rows"].sum()) for part in _PARTS}
     with storage.write_dir_atomically(target) as stage:

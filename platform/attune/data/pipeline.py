@@ -2,12 +2,13 @@
 
 The pipeline, every stage a Ray Data operator (progress bars are Ray Data's own)::
 
-    history files ──scan──► every file read and validated (SchemaError: file, column, row)
-                            + presentation time span -> time-based split cut-offs
-    history files ──read──► rows packed per borrower bucket (hash of borrower_id)
+    history files ──read──► every file validated (SchemaError: file, column, row), its
+                            rows packed per borrower bucket (attune.data.buckets) into
+                            the object store; presentation time span -> split cut-offs
                   ──groupby(bucket).map_groups──► one vectorized call of
                             attune.data.features per bucket: labels, features, split
-                  ──sort(qid, position)──► write_parquet, one directory per split
+                  ──sort(qid, position)──► per-block counts and content hash
+                  ──write_parquet──► one directory per split
 
 A borrower's events, presentations, loan and borrower rows all land in the same
 bucket, so each bucket's point-in-time features are computed in one call over whole
@@ -16,36 +17,37 @@ depend on the number of buckets, partitions or input blocks. Packing each bucket
 rows of one file into an Arrow IPC payload lets the four tables, whose schemas
 differ, share one shuffle without padding every event row with null columns.
 
-Nothing is written until every input file has been validated, and the output is
-committed atomically (:func:`attune.storage.write_dir_atomically`).
+Nothing is written until every input file has been validated and every row
+computed; the output is committed atomically (:func:`attune.storage.write_dir_atomically`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
+from attune.data.buckets import DEFAULT_READ_TASKS, read_packed, unpack
 from attune.data.features import (
     add_context_features,
     borrower_features,
     graded_labels,
     micros,
 )
-from attune.data.reader import HistoryFiles, list_history, read_file
-from attune.data.schema import TABLES, TS
+from attune.data.reader import list_history
+from attune.data.schema import TS
 from attune.data.spec import FEATURE_NAMES, default_spec
-from attune.errors import AttuneError, ConfigError, SchemaError
+from attune.errors import ConfigError, SchemaError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 #: Row identity columns of every split, before the features.
@@ -72,6 +74,7 @@ DATASET_SCHEMA = pa.schema(
         *((name, pa.float32()) for name in FEATURE_NAMES if name != "position"),
     ]
 )
+_WITH_SPLIT = DATASET_SCHEMA.append(pa.field("split", pa.string()))
 #: Columns each stage of the ranking pipeline reads from each history table.
 RANKING_COLUMNS: dict[str, tuple[str, ...]] = {
     "events": ("borrower_id", "ts", "event_type", "amount", "channel"),
@@ -113,6 +116,9 @@ class PreprocessConfig(BaseModel):
     )
     partitions: int = Field(
         default=4, ge=1, le=4096, description="Shuffle partitions (tasks computing features)."
+    )
+    read_tasks: int = Field(
+        default=DEFAULT_READ_TASKS, ge=1, le=4096, description="Tasks reading the input files."
     )
 
     @model_validator(mode="after")
@@ -206,124 +212,6 @@ def ranking_rows(
 # --------------------------------------------------------------------------- Ray Data stages
 
 
-def _bucket_of(borrower_id: np.ndarray, buckets: int) -> np.ndarray:
-    """A stable hash bucket per borrower id (Fibonacci hashing; ids need not be dense)."""
-    mixed = borrower_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return ((mixed >> np.uint64(32)) % np.uint64(buckets)).astype(np.int32)
-
-
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue())
-
-
-def _schema_of(table: str, columns: Sequence[str]) -> pa.Schema:
-    schema = TABLES[table]
-    return pa.schema([schema.field(c) for c in columns])
-
-
-def _scan_file(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Validate one history file; report its rows and time span, or the error it raised."""
-    table, uri = str(batch["table"][0]), str(batch["uri"][0])
-    error, rows, first, last = "", 0, None, None
-    try:
-        data = read_file(uri, table)
-        rows = data.num_rows
-        if "ts" in data.column_names and rows:
-            us = micros(data.column("ts").to_pandas())
-            first, last = int(us.min()), int(us.max())
-    except AttuneError as exc:
-        error = json.dumps({"type": type(exc).__name__, **exc.to_dict()["details"]})
-    return pa.table(
-        {
-            "table": [table],
-            "uri": [uri],
-            "rows": pa.array([rows], pa.int64()),
-            "first_us": pa.array([first], pa.int64()),
-            "last_us": pa.array([last], pa.int64()),
-            "error": [error],
-        }
-    )
-
-
-def scan(files: HistoryFiles) -> pd.DataFrame:
-    """Validate every file of ``files`` in parallel (one Ray task each).
-
-    Returns one row per file: ``table``, ``uri``, ``rows``, ``first_us``, ``last_us``
-    (time span of ``ts`` where the table has one). Raises the :class:`SchemaError`
-    of the first bad file in URI order, naming file, column, row and problem.
-    """
-    import ray.data
-
-    items = [{"table": t, "uri": u} for t, u in files.items()]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    report = pd.DataFrame(ds.map_batches(_scan_file, batch_size=1).take_all())
-    report = report.sort_values("uri", kind="stable").reset_index(drop=True)
-    bad = report[report["error"] != ""]
-    if len(bad):
-        details = json.loads(bad["error"].iloc[0])
-        if details.pop("type") != "SchemaError":
-            raise SchemaError(file=str(bad["uri"].iloc[0]), column=None, problem=str(details))
-        raise SchemaError(
-            file=details["file"],
-            column=details["column"],
-            row=details["row"],
-            problem=details["problem"],
-        )
-    return report
-
-
-def _read_and_pack(
-    batch: dict[str, np.ndarray], columns: Mapping[str, Sequence[str]], buckets: int
-) -> pa.Table:
-    """Read one file and emit one row per borrower bucket: (bucket, table, IPC payload)."""
-    table, uri = str(batch["table"][0]), str(batch["uri"][0])
-    data = read_file(uri, table, columns=columns[table])
-    bucket = _bucket_of(data.column("borrower_id").to_numpy(), buckets)
-    order = np.argsort(bucket, kind="stable")
-    data, bucket = data.take(pa.array(order)), bucket[order]
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])[: len(bucket)]
-    ends = [*starts[1:], len(bucket)]
-    payloads = [_ipc(data.slice(s, e - s)) for s, e in zip(starts, ends, strict=True)]
-    return pa.table(
-        {
-            "_bucket": pa.array(bucket[starts], pa.int32()),
-            "_table": pa.array([table] * len(payloads), pa.string()),
-            "_payload": pa.array(payloads, pa.large_binary()),
-        }
-    )
-
-
-def bucketed(files: HistoryFiles, *, columns: Mapping[str, Sequence[str]], buckets: int) -> Any:
-    """A Ray Dataset of packed rows ``(_bucket, _table, _payload)`` for ``columns``' tables."""
-    import ray.data
-
-    items = [{"table": t, "uri": u} for t, u in files.items() if t in columns]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    read = partial(
-        _read_and_pack, columns={k: list(v) for k, v in columns.items()}, buckets=buckets
-    )
-    return ds.map_batches(read, batch_size=1)
-
-
-def unpack(group: pa.Table, columns: Mapping[str, Sequence[str]]) -> dict[str, pd.DataFrame]:
-    """The tables of one bucket's packed rows as pandas frames (empty when absent)."""
-    names = group.column("_table").to_pylist()
-    payloads = group.column("_payload").to_pylist()
-    out: dict[str, pd.DataFrame] = {}
-    for table, cols in columns.items():
-        parts = [
-            pa.ipc.open_stream(p).read_all()
-            for name, p in zip(names, payloads, strict=True)
-            if name == table
-        ]
-        schema = _schema_of(table, cols)
-        out[table] = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()
-    return out
-
-
 def _ranking_bucket(group: pa.Table, *, split: SplitPlan) -> pa.Table:
     frames = unpack(group, RANKING_COLUMNS)
     rows = ranking_rows(
@@ -333,84 +221,79 @@ def _ranking_bucket(group: pa.Table, *, split: SplitPlan) -> pa.Table:
         loans=frames["loans"],
         split=split,
     )
-    schema = DATASET_SCHEMA.append(pa.field("split", pa.string()))
-    return pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
+    return pa.Table.from_pandas(rows, schema=_WITH_SPLIT, preserve_index=False)
 
 
-def _summarize_file(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Rows, groups, first/last (qid, position) and an order-free content hash of one file."""
-    split, uri = str(batch["split"][0]), str(batch["uri"][0])
-    import pyarrow.parquet as pq
-
-    fs, path = storage.pyarrow_filesystem(uri)
-    with fs.open_input_file(path) as handle:
-        frame = pq.read_table(handle).to_pandas()
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
-    first = (int(frame["qid"].iloc[0]), int(frame["position"].iloc[0])) if len(frame) else None
-    last = (int(frame["qid"].iloc[-1]), int(frame["position"].iloc[-1])) if len(frame) else None
+def _summarize_block(block: pa.Table) -> pa.Table:
+    """Per split in one block: rows, groups, first/last qid, order-free content hash."""
+    frame = block.to_pandas()
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("split", "rows", "groups", "first", "last", "hash")
+    }
+    for split, rows in frame.groupby("split", sort=True):
+        rows = rows.drop(columns="split")
+        hashed = pd.util.hash_pandas_object(rows, index=False).to_numpy(dtype=np.uint64)
+        values = (
+            split,
+            len(rows),
+            rows["qid"].nunique(),
+            int(rows["qid"].min()),
+            int(rows["qid"].max()),
+            int(hashed.sum(dtype=np.uint64)),
+        )
+        for key, value in zip(out, values, strict=True):
+            out[key].append(value)
     return pa.table(
         {
-            "split": [split],
-            "uri": [uri],
-            "rows": pa.array([len(frame)], pa.int64()),
-            "groups": pa.array([frame["qid"].nunique()], pa.int64()),
-            "hash": pa.array([int(hashed.sum(dtype=np.uint64))], pa.uint64()),
-            "first": [json.dumps(first)],
-            "last": [json.dumps(last)],
+            "split": pa.array(out["split"], pa.string()),
+            "rows": pa.array(out["rows"], pa.int64()),
+            "groups": pa.array(out["groups"], pa.int64()),
+            "first": pa.array(out["first"], pa.int64()),
+            "last": pa.array(out["last"], pa.int64()),
+            "hash": pa.array(out["hash"], pa.uint64()),
         }
     )
 
 
-def _split_files(stage: str) -> list[tuple[str, str]]:
-    out = []
-    for split in SPLITS:
-        prefix = storage.join(stage, split)
-        out += [(split, u) for u in storage.list_uris(prefix) if u.endswith(".parquet")]
-    return out
+def _groups(parts: pd.DataFrame) -> int:
+    """Distinct qids of one split: per-block counts, less groups continued across blocks."""
+    parts = parts.sort_values(["first", "last"], kind="stable")
+    firsts, lasts = parts["first"].to_numpy(), parts["last"].to_numpy()
+    return int(parts["groups"].sum()) - int(np.sum(firsts[1:] == lasts[:-1]))
 
 
-def _summarize(stage: str) -> pd.DataFrame:
-    import ray.data
-
-    items = [{"split": s, "uri": u} for s, u in _split_files(stage)]
-    ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
-    report = pd.DataFrame(ds.map_batches(_summarize_file, batch_size=1).take_all())
-    return report.sort_values(["split", "uri"], kind="stable").reset_index(drop=True)
-
-
-def _check_order(report: pd.DataFrame) -> None:
-    """Files of a split, read in name order, must continue the (qid, position) order."""
-    for split, files in report[report["rows"] > 0].groupby("split"):
-        firsts = [tuple(json.loads(v)) for v in files["first"]]
-        lasts = [tuple(json.loads(v)) for v in files["last"]]
-        for i in range(1, len(firsts)):
-            if firsts[i] <= lasts[i - 1]:
-                raise SchemaError(
-                    file=str(files["uri"].iloc[i]),
-                    column="qid",
-                    row=0,
-                    problem=f"{split} files are out of (qid, position) order after writing",
-                )
-
-
-def _groups(files: pd.DataFrame) -> int:
-    """Distinct qids of one split: per-file counts, less groups continued across a file."""
-    files = files[files["rows"] > 0]
-    firsts = [json.loads(v)[0] for v in files["first"]]
-    lasts = [json.loads(v)[0] for v in files["last"]]
-    straddling = sum(firsts[i] == lasts[i - 1] for i in range(1, len(firsts)))
-    return int(files["groups"].sum()) - straddling
-
-
-def content_hash(report: pd.DataFrame, spec_hash: str) -> str:
+def content_hash(summary: pd.DataFrame, spec_hash: str) -> str:
     """sha256 over per-split row counts and order-free row hashes, and the spec hash."""
     parts: dict[str, list[int]] = {}
     for split in SPLITS:
-        files = report[report["split"] == split]
-        total = sum(int(h) for h in files["hash"]) % 2**64
-        parts[split] = [int(files["rows"].sum()), total]
+        rows = summary[summary["split"] == split]
+        total = sum(int(h) for h in rows["hash"]) % 2**64
+        parts[split] = [int(rows["rows"].sum()), total]
     payload = json.dumps({"splits": parts, "spec": spec_hash}, sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _check_file_order(stage: str, split: str) -> int:
+    """Files of a split, in name order, continue the qid order; returns the file count."""
+    import pyarrow.parquet as pq
+
+    files = sorted(
+        u for u in storage.list_uris(storage.join(stage, split)) if u.endswith(".parquet")
+    )
+    previous = None
+    for uri in files:
+        fs, path = storage.pyarrow_filesystem(uri)
+        with fs.open_input_file(path) as handle:
+            qid = pq.read_table(handle, columns=["qid"]).column("qid")
+        if len(qid) == 0:
+            continue
+        first, last = pc.min_max(qid).values()
+        if previous is not None and first.as_py() < previous:
+            raise SchemaError(
+                file=uri, column="qid", row=0, problem=f"{split} files are out of qid order"
+            )
+        previous = last.as_py()
+    return len(files)
 
 
 # --------------------------------------------------------------------------- the job
@@ -429,11 +312,12 @@ def preprocess(
     Runs on the current Ray cluster (Ray Data starts a local one when none is up).
     """
     import ray
-    import ray.data
 
     config = config or PreprocessConfig()
     files = list_history(histories_uri)
-    report = scan(files)
+    packed, report = read_packed(
+        files, columns=RANKING_COLUMNS, buckets=config.buckets, tasks=config.read_tasks
+    )
     shown = report[report["table"] == "presentations"]
     if shown["rows"].sum() == 0:
         raise ConfigError(
@@ -442,40 +326,41 @@ def preprocess(
     plan = SplitPlan.from_span(
         first_us=int(shown["first_us"].min()), last_us=int(shown["last_us"].max()), config=config
     )
-    packed = bucketed(files, columns=RANKING_COLUMNS, buckets=config.buckets)
     rows = (
         packed.groupby("_bucket", num_partitions=config.partitions)
         .map_groups(_ranking_bucket, batch_format="pyarrow", fn_kwargs={"split": plan})
         .sort(["qid", "position"])
     )
-    # file names follow task order; keep it equal to the sorted block order
+    # file names follow task order: keep it the sorted block order
     rows.context.execution_options.preserve_order = True
+    rows = rows.materialize()
+    del packed
+    summary = rows.map_batches(
+        _summarize_block, batch_size=None, batch_format="pyarrow"
+    ).to_pandas()
+    counts = {s: int(summary.loc[summary["split"] == s, "rows"].sum()) for s in SPLITS}
+    groups = {s: _groups(summary[summary["split"] == s]) for s in SPLITS}
     spec = default_spec()
+    digest = content_hash(summary, spec.hash)
     with storage.write_dir_atomically(out_uri) as stage:
         fs, path = storage.pyarrow_filesystem(stage)
         rows.write_parquet(path, filesystem=fs, partition_cols=["split"], partitioning_flavor=None)
-        summary = _summarize(stage)
-        _check_order(summary)
         for split in SPLITS:
-            _commit_split(stage, split, present=bool((summary["split"] == split).any()))
-        counts = {s: int(summary.loc[summary["split"] == s, "rows"].sum()) for s in SPLITS}
-        groups = {s: _groups(summary[summary["split"] == s]) for s in SPLITS}
-        digest = content_hash(summary, spec.hash)
+            if not _check_file_order(stage, split):
+                _write_empty(stage, split)
+            storage.mark_complete(storage.join(stage, split))
         storage.write_bytes(storage.join(stage, "feature_spec.json"), spec.to_json().encode())
         shown_rows = int(shown["rows"].sum())
+        inputs = {t: int(report.loc[report["table"] == t, "rows"].sum()) for t in RANKING_COLUMNS}
+        fractions = ("train_fraction", "valid_fraction", "test_fraction")
         manifest = {
             "histories": histories_uri,
             "content_hash": digest,
             "feature_spec_hash": spec.hash,
             "rows": counts,
             "groups": groups,
-            "split": {
-                **config.model_dump(include={"train_fraction", "valid_fraction", "test_fraction"}),
-                **plan.to_dict(),
-            },
-            "inputs": {
-                t: int(report.loc[report["table"] == t, "rows"].sum()) for t in RANKING_COLUMNS
-            },
+            "split": {**config.model_dump(include=set(fractions)), **plan.to_dict()},
+            "inputs": inputs,
             "dropped_rows": shown_rows - sum(counts.values()),
             "ray_version": ray.__version__,
         }
@@ -488,19 +373,16 @@ def preprocess(
         content_hash=digest,
         spec_hash=spec.hash,
         split=plan,
-        events=int(report.loc[report["table"] == "events", "rows"].sum()),
+        events=inputs["events"],
         dropped_rows=shown_rows - sum(counts.values()),
     )
 
 
-def _commit_split(stage: str, split: str, *, present: bool) -> None:
-    """Mark a split complete; an empty split gets one empty file carrying the schema."""
-    target = storage.join(stage, split)
-    if not present:
-        import pyarrow.parquet as pq
+def _write_empty(stage: str, split: str) -> None:
+    """An empty split still gets one (empty) file carrying the schema."""
+    import pyarrow.parquet as pq
 
-        fs, path = storage.pyarrow_filesystem(storage.join(target, "part-empty.parquet"))
-        if not storage.is_s3(stage):
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(DATASET_SCHEMA.empty_table(), path, filesystem=fs)
-    storage.mark_complete(target)
+    fs, path = storage.pyarrow_filesystem(storage.join(stage, split, "part-empty.parquet"))
+    if not storage.is_s3(stage):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(DATASET_SCHEMA.empty_table(), path, filesystem=fs)

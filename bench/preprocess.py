@@ -1,0 +1,206 @@
+"""Ray Data preprocess versus a single-process pandas run of the same feature code.
+
+    python bench/preprocess.py [--borrowers 20000] [--months 12] [--seed 7] [--workdir DIR]
+
+Generates a history with the simulator (or reuses one under ``--workdir``), then, each
+in its own child process so that memory is measured separately and side by side:
+
+(a) baseline: one process reads and validates every file, calls
+    ``attune.data.pipeline.ranking_rows`` (that is, ``attune.data.features``) on the
+    whole history with pandas and writes one sorted parquet file per split;
+(b) Ray Data: ``attune.data.pipeline.preprocess`` on a fresh local Ray with 2 CPUs.
+
+For each it prints wall time, events per second and the peak memory of the whole
+process tree (sum of PSS, sampled every 0.2 s: Ray's raylet, workers and object store
+included), then Ray's figures as ratios of the baseline's, and checks that both
+outputs hold the same rows. Ray's start-up is timed apart from the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_memory(pid: int) -> int:
+    """Sum of PSS (or RSS where PSS is unavailable) over ``pid`` and its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            info = proc.memory_full_info()
+            total += int(getattr(info, "pss", info.rss))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def _run_child(argv: list[str]) -> tuple[dict[str, float], int]:
+    """Run ``argv``; return the JSON it prints last and the peak memory of its tree."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=_ROOT)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_memory(proc.pid))
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[2:4]} failed with status {proc.returncode}")
+    return json.loads(out.strip().splitlines()[-1]), peak
+
+
+def _baseline(histories: str, out: str) -> dict[str, float]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from attune.data.features import micros
+    from attune.data.pipeline import DATASET_SCHEMA, SPLITS, PreprocessConfig, SplitPlan
+    from attune.data.pipeline import ranking_rows as rows_of
+    from attune.data.reader import read_history
+
+    start = time.perf_counter()
+    h = read_history(histories)
+    shown = micros(h["presentations"]["ts"])
+    plan = SplitPlan.from_span(
+        first_us=int(shown.min()), last_us=int(shown.max()), config=PreprocessConfig()
+    )
+    rows = rows_of(
+        events=h["events"],
+        presentations=h["presentations"],
+        borrowers=h["borrowers"],
+        loans=h["loans"],
+        split=plan,
+    )
+    for split in SPLITS:
+        Path(out, split).mkdir(parents=True, exist_ok=True)
+        part = rows[rows["split"] == split].drop(columns="split")
+        table = pa.Table.from_pandas(part, schema=DATASET_SCHEMA, preserve_index=False)
+        pq.write_table(table, Path(out, split, "part-00000.parquet"))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "events": float(len(h["events"])), "rows": float(len(rows))}
+
+
+def _ray(histories: str, out: str, buckets: int, partitions: int, cpus: int) -> dict[str, float]:
+    import ray
+
+    from attune.data.pipeline import PreprocessConfig, preprocess
+
+    start = time.perf_counter()
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    try:
+        config = PreprocessConfig(buckets=buckets, partitions=partitions)
+        result = preprocess(histories, out, config=config)
+    finally:
+        ray.shutdown()
+    return {
+        "seconds": time.perf_counter() - started - 0.0,
+        "startup": started - start,
+        "events": float(result.events),
+        "rows": float(sum(result.rows.values())),
+    }
+
+
+def _same_rows(a: str, b: str) -> bool:
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    for split in ("train", "valid", "test"):
+        frames = []
+        for root in (a, b):
+            files = sorted(Path(root, split).glob("*.parquet"))
+            frames.append(pd.concat([pq.read_table(f).to_pandas() for f in files]))
+        left, right = (f.reset_index(drop=True) for f in frames)
+        if not left.equals(right):
+            return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/preprocess.py", description=__doc__)
+    parser.add_argument("--borrowers", type=int, default=20_000)
+    parser.add_argument("--months", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", default=None, help="reuses <workdir>/history if present")
+    parser.add_argument("--buckets", type=int, default=32)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--child", choices=("baseline", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--histories", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child == "baseline":
+        print(json.dumps(_baseline(args.histories, args.out)))
+        return 0
+    if args.child == "ray":
+        figures = _ray(args.histories, args.out, args.buckets, args.partitions, args.cpus)
+        print(json.dumps(figures))
+        return 0
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-"))
+    histories = work / "history"
+    if not (histories / "manifest.json").exists():
+        from attune.data.simulator import GenerateConfig, generate
+
+        print(f"generating {args.borrowers:,} borrowers x {args.months} months under {work}")
+        generate(
+            GenerateConfig(
+                borrowers=args.borrowers,
+                months=args.months,
+                seed=args.seed,
+                out=str(histories),
+                parallel="local",
+            ),
+            progress=True,
+        )
+    me = [sys.executable, str(Path(__file__).resolve())]
+    common = ["--histories", str(histories)]
+    base, base_peak = _run_child([*me, "--child", "baseline", *common, "--out", str(work / "b")])
+    ray_args = ["--buckets", str(args.buckets), "--partitions", str(args.partitions)]
+    ray_argv = [*me, "--child", "ray", *common, "--out", str(work / "r"), *ray_args]
+    ray_fig, ray_peak = _run_child([*ray_argv, "--cpus", str(args.cpus)])
+
+    events = base["events"]
+    print(f"history: {int(events):,} events -> {int(base['rows']):,} ranking rows")
+    print(f"{'':24}{'wall s':>9}{'events/s':>12}{'peak MiB':>10}")
+    for name, fig, peak in (
+        ("single-process pandas", base, base_peak),
+        ("Ray Data", ray_fig, ray_peak),
+    ):
+        rate = events / fig["seconds"]
+        print(f"{name:24}{fig['seconds']:9.1f}{rate:12,.0f}{peak / 2**20:10,.0f}")
+    print(f"Ray start-up (not in the above): {ray_fig['startup']:.1f} s")
+    speed = base["seconds"] / ray_fig["seconds"]
+    with_start = base["seconds"] / (ray_fig["seconds"] + ray_fig["startup"])
+    print(f"Ray Data / baseline events/s: {speed:.2f}x ({with_start:.2f}x counting start-up)")
+    print(f"Ray Data / baseline peak memory: {ray_peak / base_peak:.2f}x")
+    print(f"outputs hold the same rows: {_same_rows(str(work / 'b'), str(work / 'r'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
