@@ -62,7 +62,7 @@ def _s3_client(endpoint: str | None, attempts: int) -> Any:
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": attempts, "mode": "standard"},
+        retries={"total_max_attempts": attempts, "mode": "standard"},  # the first one included
         connect_timeout=5,
         read_timeout=30,
     )
