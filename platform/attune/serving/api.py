@@ -165,6 +165,14 @@ class RankResponse(BaseModel):
     model_version: str = Field(description="Registry version that scored the candidates.")
     arm: Arm = Field(description="Traffic arm that answered.")
     feature_source: FeatureSource = Field(description="Where the features came from.")
+    feature_snapshot: str | None = Field(
+        default=None, description="Online feature snapshot that served the borrower's features."
+    )
+    feature_fallback: bool | None = Field(
+        default=None,
+        description="Online features only: true when the borrower is unknown to the online "
+        "view and population defaults (the snapshot's medians) were used.",
+    )
     options: list[RankedOption] = Field(description="Candidates in ranked order.")
 
 

@@ -33,12 +33,20 @@ def build_app(args: AppArgs) -> Application:
 
     ``args.rollout`` becomes the ingress's initial ``user_config``; a config file's
     ``deployments[].user_config`` overrides it (and ``attune rollout`` edits that one).
+    With ``args.online`` the app has a second deployment, ``OnlineFeatures``
+    (attune.serving.online), which the ingress calls for requests without features.
     """
     from attune.serving.ingress import RankingIngress
 
     args = AppArgs.model_validate(args)
     ingress: Any = RankingIngress  # a serve.Deployment at run time
-    return ingress.options(user_config=args.rollout.model_dump(mode="json")).bind(args)
+    app = ingress.options(user_config=args.rollout.model_dump(mode="json"))
+    if args.online is None:
+        return app.bind(args)
+    from attune.serving.online import OnlineFeatures
+
+    online: Any = OnlineFeatures
+    return app.bind(args, online=online.bind(args.online, args.store_uri()))
 
 
 def app_config(
