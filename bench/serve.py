@@ -23,13 +23,15 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,15 +136,16 @@ def _wait(url: str, body: bytes, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def _measure(name: str, url: str, body_file: Path, args: argparse.Namespace) -> list[Run]:
-    _wrk(url, body_file, connections=args.connections, duration=2, name="warm-up")
+def _measure(url: str, body_file: Path, args: argparse.Namespace, name: str) -> list[Run]:
     return [
         _wrk(url, body_file, connections=1, duration=args.duration, name=name),
         _wrk(url, body_file, connections=args.connections, duration=args.duration, name=name),
     ]
 
 
-def _baseline(model: Path, body_file: Path, args: argparse.Namespace) -> list[Run]:
+@contextmanager
+def _baseline(model: Path, body_file: Path) -> Iterator[str]:
+    """The uvicorn baseline in a subprocess; yields its URL."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, str(_ROOT / "bench" / "_uvicorn_baseline.py"), str(model), str(port)]
@@ -150,13 +153,18 @@ def _baseline(model: Path, body_file: Path, args: argparse.Namespace) -> list[Ru
     try:
         url = f"http://127.0.0.1:{port}/v1/rank"
         _wait(url, body_file.read_bytes())
-        return _measure("uvicorn + ONNX Runtime", url, body_file, args)
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def _serve(model: Path, body_file: Path, work: Path, args: argparse.Namespace) -> list[Run]:
+@contextmanager
+def _serve(model: Path, body_file: Path, work: Path, args: argparse.Namespace) -> Iterator[str]:
+    """A local Ray running the app twice: champion only, and champion + 100 % shadow.
+
+    Yields the base URL; the apps answer under ``/app`` and ``/shadow``.
+    """
     if args.proxy == "haproxy":
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
@@ -172,38 +180,79 @@ def _serve(model: Path, body_file: Path, work: Path, args: argparse.Namespace) -
     from attune.registry import Registry
     from attune.serving.app import app_config
     from attune.serving.config import RolloutConfig
-    from attune.serving.rollout import deploy, update_rollout
+    from attune.serving.rollout import deploy
 
     registry = Registry(str(work / "registry"))
     files = {"model.onnx": model.read_bytes(), "feature_spec.json": _spec_json()}
     champion = registry.register(files, metadata={"bench": "champion"})
     shadow = registry.register(files, metadata={"bench": "shadow"})
+    rollouts = {
+        "app": RolloutConfig(champion=champion),
+        "shadow": RolloutConfig(champion=champion, shadow=shadow, shadow_percent=100),
+    }
     port = _free_port()
     # address="local": a fresh instance, never some other Ray already running on the host.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=max(2, 2 * args.replicas),  # logical CPUs: both apps' replicas fit
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-        args_ = {"registry": registry.uri, "store": str(work / "store")}
-        ingress = {
-            "num_replicas": 1,
-            "user_config": RolloutConfig(champion=champion).model_dump(mode="json"),
-        }
-        app = app_config(args_, name="bench", ingress=ingress)
-        if not args.access_log:
-            app["logging_config"] = {"enable_access_log": False}
-        deploy(ServeDeploySchema(applications=[app]))
-        url = f"http://127.0.0.1:{port}/v1/rank"
-        _wait(url, body_file.read_bytes())
-        runs = _measure(f"Serve app ({args.proxy} proxy)", url, body_file, args)
-        update_rollout(
-            "bench",
-            lambda r: r.model_copy(update={"shadow": shadow, "shadow_percent": 100.0}),
-        )
-        runs += _measure("Serve app + 100 % shadow", url, body_file, args)
-        return runs
+        apps = []
+        for name, rollout in rollouts.items():
+            ingress: dict[str, Any] = {
+                "num_replicas": args.replicas,
+                "user_config": rollout.model_dump(mode="json"),
+            }
+            if args.separate_user_thread:
+                env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"}
+                ingress["ray_actor_options"] = {"runtime_env": {"env_vars": env}}
+            store = str(work / f"store-{name}")
+            app = app_config(
+                {"registry": registry.uri, "store": store},
+                name=name,
+                route_prefix=f"/{name}",
+                ingress=ingress,
+            )
+            if not args.access_log:
+                app["logging_config"] = {"enable_access_log": False}
+            apps.append(app)
+        deploy(ServeDeploySchema(applications=apps))
+        base = f"http://127.0.0.1:{port}"
+        for name in rollouts:
+            _wait(f"{base}/{name}/v1/rank", body_file.read_bytes())
+        yield base
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _rounds(targets: list[tuple[str, str]], body_file: Path, args: argparse.Namespace) -> list[Run]:
+    """Interleave the targets for ``args.rounds`` rounds; the median of each figure."""
+    from rich.progress import track
+
+    for _, url in targets:
+        _wrk(url, body_file, connections=args.connections, duration=2, name="warm-up")
+    measured: dict[tuple[str, int], list[Run]] = {}
+    steps = [(r, name, url) for r in range(args.rounds) for name, url in targets]
+    for _, name, url in track(steps, description="measuring (wrk)"):
+        for run in _measure(url, body_file, args, name):
+            measured.setdefault((name, run.connections), []).append(run)
+    out = []
+    for (name, connections), runs in measured.items():
+        out.append(
+            Run(
+                name=name,
+                connections=connections,
+                p50_ms=statistics.median(r.p50_ms for r in runs),
+                p99_ms=statistics.median(r.p99_ms for r in runs),
+                rps=statistics.median(r.rps for r in runs),
+                failed=sum(r.failed for r in runs),
+            )
+        )
+    return out
 
 
 def _spec_json() -> bytes:
@@ -216,7 +265,10 @@ def _report(runs: list[Run], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"POST /v1/rank, 8 candidates, wrk {args.duration:g} s per row")
+    table = Table(
+        title=f"POST /v1/rank, 8 candidates: median of {args.rounds} interleaved wrk runs "
+        f"of {args.duration:g} s"
+    )
     for column in ("server", "connections", "p50 ms", "p99 ms", "req/s", "failed"):
         table.add_column(column, justify="right")
     for run in runs:
@@ -271,10 +323,17 @@ def _plot(runs: list[Run], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/serve.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=10, help="Seconds per wrk run.")
+    parser.add_argument("--duration", type=float, default=5, help="Seconds per wrk run.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds (median).")
     parser.add_argument("--connections", type=int, default=8, help="Saturating connections.")
     parser.add_argument("--proxy", choices=("haproxy", "default"), default="haproxy")
+    parser.add_argument("--replicas", type=int, default=1, help="Ingress replicas per app.")
     parser.add_argument("--access-log", action="store_true", help="Keep Serve's access log.")
+    parser.add_argument(
+        "--separate-user-thread",
+        action="store_true",
+        help="Run user code on Serve's separate thread (Serve's default; the app turns it off).",
+    )
     parser.add_argument(
         "--serve-env", action="append", default=[], help="KEY=VALUE set before Ray starts."
     )
@@ -289,8 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, body = _model(work)
         body_file = work / "body.json"
         body_file.write_text(json.dumps(body))
-        runs = _baseline(model, body_file, args)
-        runs += _serve(model, body_file, work, args)
+        with _baseline(model, body_file) as baseline, _serve(model, body_file, work, args) as base:
+            targets = [
+                ("uvicorn + ONNX Runtime", baseline),
+                (f"Serve app ({args.proxy}, {args.replicas} repl.)", f"{base}/app/v1/rank"),
+                ("Serve app + 100 % shadow", f"{base}/shadow/v1/rank"),
+            ]
+            runs = _rounds(targets, body_file, args)
     _report(runs, args)
     return 0
 

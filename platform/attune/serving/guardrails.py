@@ -19,6 +19,7 @@ flood of requests cannot grow it without bound.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -81,9 +82,9 @@ class _Window:
 
 
 class Guardrail:
-    """A sliding window of canary outcomes for one canary version.
+    """A sliding window of canary outcomes for one canary version (thread-safe).
 
-    Not thread-safe: the ingress records and checks from its event loop only.
+    The request path records calls; the after-answer thread records paired drift.
     """
 
     def __init__(
@@ -92,18 +93,21 @@ class Guardrail:
         self.bounds = bounds
         self._clock = clock
         self._window = _Window()
+        self._lock = threading.Lock()
 
     def record(self, *, ok: bool, latency_s: float) -> None:
         """Record one canary call: whether it produced finite scores, and its latency."""
-        w = self._window
-        w.times.append(self._clock())
-        w.ok.append(ok)
-        w.latency_ms.append(latency_s * 1000.0)
+        with self._lock:
+            w = self._window
+            w.times.append(self._clock())
+            w.ok.append(ok)
+            w.latency_ms.append(latency_s * 1000.0)
 
     def record_drift(self, drift: float) -> None:
         """Record the paired score drift of one canary request (non-finite counts as huge)."""
-        self._window.drift_times.append(self._clock())
-        self._window.drift.append(drift if math.isfinite(drift) else math.inf)
+        with self._lock:
+            self._window.drift_times.append(self._clock())
+            self._window.drift.append(drift if math.isfinite(drift) else math.inf)
 
     def _prune(self, now: float) -> None:
         w, horizon = self._window, now - self.bounds.window_s
@@ -118,12 +122,16 @@ class Guardrail:
     def check(self) -> Verdict:
         """Compare the current window with the bounds."""
         b = self.bounds
-        self._prune(self._clock())
-        w = self._window
-        n, n_paired = len(w.ok), len(w.drift)
-        error_rate = (n - sum(w.ok)) / n if n else 0.0
-        p99 = float(np.percentile(np.fromiter(w.latency_ms, float), 99)) if n else 0.0
-        drift = float(np.mean(np.fromiter(w.drift, float))) if n_paired else 0.0
+        with self._lock:
+            self._prune(self._clock())
+            w = self._window
+            n, n_paired = len(w.ok), len(w.drift)
+            failed = n - sum(w.ok)
+            latencies = np.fromiter(w.latency_ms, float, count=n)
+            drifts = np.fromiter(w.drift, float, count=n_paired)
+        error_rate = failed / n if n else 0.0
+        p99 = float(np.percentile(latencies, 99)) if n else 0.0
+        drift = float(np.mean(drifts)) if n_paired else 0.0
         reasons: list[str] = []
         if n >= b.min_requests:
             if error_rate > b.max_error_rate:

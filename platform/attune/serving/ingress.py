@@ -5,8 +5,10 @@ platform every extra deployment hop behind the ingress costs an actor round trip
 (~2 ms), more than the whole ranking. The replica runs a :class:`RankingService`;
 this module only adapts it to HTTP and to Serve's life cycle:
 
-* ``POST /v1/rank``, ``GET /v1/healthz``, ``GET /v1/models``; OpenAPI at
-  ``/openapi.json``. Validation errors are 422 naming the field (FastAPI), bodies over
+* ``POST /v1/rank``, ``GET /v1/healthz``, ``GET /v1/models``, and with an online feature
+  view (:mod:`attune.serving.online`) ``POST /v1/events`` and
+  ``GET /v1/features/{borrower_id}``; OpenAPI at ``/openapi.json``. Validation errors
+  are 422 naming the field (FastAPI), bodies over
   :data:`~attune.serving.api.MAX_BODY_BYTES` are 413, and every
   :class:`~attune.errors.AttuneError` answers its ``status_code`` with ``to_dict()``.
 * ``reconfigure(user_config)`` applies a :class:`RolloutConfig` (models are loaded in
@@ -26,16 +28,19 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Path, Query
 from fastapi import Request as FastAPIRequest
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime, ValidationError
 from ray import serve
 
 from attune import __version__
 from attune.errors import AttuneError, Unavailable
+from attune.serving import auth
 from attune.serving.api import (
     MAX_BODY_BYTES,
     ErrorBody,
@@ -46,15 +51,22 @@ from attune.serving.api import (
 )
 from attune.serving.config import AppArgs, RolloutConfig
 from attune.serving.decision_log import DecisionLog, ParquetSink
+from attune.serving.events import EventsRequest, EventsResponse, OnlineFeaturesResponse
+from attune.serving.online import client_for, require
 from attune.serving.service import Explainer, OnlineFeatures, RankingService
 
 log = logging.getLogger(__name__)
 
 INGRESS_NAME = "RankingIngress"
+#: Seconds a client waits before its one retry of a 503 (the Retry-After header).
+RETRY_AFTER_S = "1"
+#: Dependencies of every route that needs the bearer token (attune.serving.auth).
+_AUTH = [Depends(auth.require_bearer)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (401, "Missing or invalid bearer token (when the app has one)."),
         (404, "A model version or alias is not found."),
         (413, "Request body too large."),
         (503, "The champion model failed."),
@@ -71,6 +83,38 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
+def _too_large(length: int | str, limit: int = MAX_BODY_BYTES) -> JSONResponse:
+    body = {
+        "error": "PayloadTooLarge",
+        "message": f"content-length {length} exceeds {limit} bytes",
+        "details": {"limit": limit},
+    }
+    return JSONResponse(body, status_code=413)
+
+
+#: /v1/rank reads its body itself (see ``RankingIngress.rank``); this documents it.
+_RANK_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}},
+    }
+}
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's schema plus RankRequest (its route parses the body itself)."""
+    if api.openapi_schema is None:
+        schema = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
+        request = RankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request.pop("$defs", {}))
+        components["RankRequest"] = request
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
 class _BodyLimit:
     """Pure ASGI middleware: 413 when Content-Length exceeds the limit (before reading)."""
 
@@ -81,23 +125,22 @@ class _BodyLimit:
         if scope["type"] == "http":
             for name, value in scope.get("headers", ()):
                 if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                    body = {
-                        "error": "PayloadTooLarge",
-                        "message": f"content-length {value.decode(errors='replace')} "
-                        f"exceeds {self.limit} bytes",
-                        "details": {"limit": self.limit},
-                    }
-                    await JSONResponse(body, status_code=413)(scope, receive, send)
+                    response = _too_large(value.decode(errors="replace"), self.limit)
+                    await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
 
 api.add_middleware(_BodyLimit)
+api.openapi = _openapi  # type: ignore[method-assign]
 
 
 @api.exception_handler(AttuneError)
 async def _attune_error(request: FastAPIRequest, exc: AttuneError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 503:  # the client contract: retry once after this (docs/reliability.md)
+        headers.setdefault("Retry-After", RETRY_AFTER_S)
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers or None)
 
 
 @api.exception_handler(RequestValidationError)
@@ -105,11 +148,17 @@ async def _validation_error(request: FastAPIRequest, exc: RequestValidationError
     return JSONResponse(validation_error_body(exc.errors()), status_code=422)
 
 
-def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
-    """The ErrorBody of a request that failed validation: every offending field, dotted."""
+def validation_error_body(errors: Sequence[Any], *, prefix: str | None = None) -> dict[str, Any]:
+    """The ErrorBody of a request that failed validation: every offending field, dotted.
+
+    ``prefix`` is prepended to every location (``body`` for a parsed request body, as
+    FastAPI's own locations read).
+    """
     problems = [
         {
-            "field": ".".join(str(part) for part in error.get("loc", ())),
+            "field": ".".join(
+                str(part) for part in ((prefix,) if prefix else ()) + tuple(error.get("loc", ()))
+            ),
             "problem": str(error.get("msg", "")),
             "type": str(error.get("type", "")),
         }
@@ -189,10 +238,12 @@ class RankingIngress:
         explainer: Explainer | None = None,
     ) -> None:
         self._tasks: list[asyncio.Task[None]] = []
+        online = self._online = client_for(online)  # Serve hands in a DeploymentHandle
         self._decision_log: DecisionLog | None = None
         context = serve.get_replica_context()
         self._args = args
         self._app_name = context.app_name
+        auth.configure(args.auth)  # first: a required but missing token fails the deploy
         collaborators = _default_collaborators(args, _safe_id(context.replica_tag))
         self._decision_log = collaborators["decision_log"]
         # Models load in the first reconfigure (Serve calls it before the replica takes
@@ -207,7 +258,12 @@ class RankingIngress:
             **collaborators,
         )
         self._service_or_none: RankingService | None = None
-        self._wake: asyncio.Event | None = None
+        # After-answer work (shadow and paired scoring) runs on its own thread: ONNX
+        # Runtime releases the GIL, so it uses the second core instead of delaying the
+        # next request on this replica's event loop.
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._rollback_threads: list[threading.Thread] = []
 
@@ -236,6 +292,10 @@ class RankingIngress:
     async def __del__(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._worker is not None:  # finish queued shadow work so its records are flushed
+            self._stopping.set()
+            self._wake.set()
+            await asyncio.to_thread(self._worker.join, 10)
         if self._decision_log is not None:
             written = await asyncio.to_thread(self._decision_log.flush)
             log.info("shutdown: flushed %d decisions (%s)", written, self._decision_log.stats())
@@ -246,14 +306,23 @@ class RankingIngress:
         "/v1/rank",
         response_model=RankResponse,
         responses={422: {"model": ErrorBody, "description": "Invalid request."}, **_ERRORS},
+        dependencies=_AUTH,
+        openapi_extra=_RANK_REQUEST_BODY,
     )
-    async def rank(self, request: RankRequest) -> Response:
+    async def rank(self, http_request: FastAPIRequest) -> Response:
         """Rank the candidates for one borrower; see RankRequest for where features come from."""
+        # The body is parsed by pydantic's own JSON parser (RankRequest.model_validate_json):
+        # one pass instead of json.loads, FastAPI's body dependency and a second validation.
+        body = await http_request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return _too_large(len(body))
+        try:
+            request = RankRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return JSONResponse(validation_error_body(exc.errors(), prefix="body"), 422)
         response = await self._service.rank(request)
         if self._service.pending:
-            self._ensure_background()
-            if self._wake is not None:
-                self._wake.set()
+            self._wake.set()
         # Serialized here (the model was built by our own code): FastAPI would validate it again.
         return Response(response.model_dump_json(), media_type="application/json")
 
@@ -266,10 +335,29 @@ class RankingIngress:
             canary=self._service.canary_version,
         )
 
-    @api.get("/v1/models", response_model=ModelsResponse)
+    @api.get("/v1/models", response_model=ModelsResponse, dependencies=_AUTH)
     async def models(self) -> ModelsResponse:
         """Models in service, shares, guardrail rollbacks and this replica's counters."""
         return self._service.status()
+
+    @api.post("/v1/events", response_model=EventsResponse, responses=_ERRORS, dependencies=_AUTH)
+    async def events(self, request: EventsRequest) -> EventsResponse:
+        """Apply servicing events to the online features (idempotent by event id); store them."""
+        return await require(self._online).post(request)
+
+    @api.get(
+        "/v1/features/{borrower_id}",
+        response_model=OnlineFeaturesResponse,
+        responses=_ERRORS,
+        dependencies=_AUTH,
+    )
+    async def features(
+        self,
+        borrower_id: Annotated[int, Path(ge=0, lt=2**63, description="Borrower id.")],
+        as_of: Annotated[AwareDatetime | None, Query(description="Default: now.")] = None,
+    ) -> OnlineFeaturesResponse:
+        """A borrower's online features as of a time (the ones /v1/rank would use then)."""
+        return await require(self._online).features(borrower_id, as_of)
 
     # ------------------------------------------------------------------ background work
 
@@ -277,11 +365,11 @@ class RankingIngress:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._tasks = [
-            loop.create_task(self._guarded(self._after_answers())),
-            loop.create_task(self._guarded(self._housekeeping())),
-        ]
+        self._tasks = [loop.create_task(self._guarded(self._housekeeping()))]
+        self._worker = threading.Thread(
+            target=self._after_answers, name="attune-after-answers", daemon=True
+        )
+        self._worker.start()
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:
@@ -292,14 +380,20 @@ class RankingIngress:
             log.exception("background task failed")
             self._failure = exc
 
-    async def _after_answers(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._service.pending:
-                self._service.run_background(max_jobs=8)
-                await asyncio.sleep(0)  # let requests in between jobs
+    def _after_answers(self) -> None:
+        """The worker thread: run queued shadow / paired jobs until the replica stops."""
+        try:
+            while not self._stopping.is_set() or (
+                self._service_or_none is not None and self._service_or_none.pending
+            ):
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                service = self._service_or_none
+                while service is not None and service.pending:
+                    service.run_background(max_jobs=64, check=False)
+        except BaseException as exc:  # surfaced through check_health
+            log.exception("after-answer worker failed")
+            self._failure = exc
 
     async def _housekeeping(self) -> None:
         interval = self._args.decision_log.max_age_s / 4

@@ -23,6 +23,7 @@ so a request in flight finishes on the state it started with.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import deque
@@ -50,15 +51,20 @@ from attune.serving.features import candidate_matrix
 from attune.serving.guardrails import Guardrail, Verdict
 from attune.serving.metrics import NullMetrics, ServingMetrics
 from attune.serving.model import ModelStore, OnnxScorer
+from attune.serving.online_view import OnlineLookup
 from attune.serving.traffic import Arm, TrafficSplit, hash_borrower
 
 log = logging.getLogger(__name__)
 
 
 class OnlineFeatures(Protocol):
-    """Latest borrower state by id (the online feature view); None when unknown."""
+    """A borrower's features as of now by id (the online view, attune.serving.online).
 
-    async def borrower_features(self, borrower_id: int) -> Mapping[str, float] | None: ...
+    An unknown borrower gets population defaults flagged ``fallback``; a view of another
+    feature spec than ``spec_hash`` raises Unavailable.
+    """
+
+    async def lookup(self, borrower_id: int, *, spec_hash: str | None = None) -> OnlineLookup: ...
 
 
 class Explainer(Protocol):
@@ -155,6 +161,7 @@ class RankingService:
         self._queue_size = queue_size
         self._scorers: dict[str, OnnxScorer] = {}
         self._counters: dict[tuple[str, str], _Counters] = {}
+        self._counters_lock = threading.Lock()
         self._events = _Events()
         self._tripped_under: RolloutConfig | None = None
         self._last_check = 0.0
@@ -218,7 +225,7 @@ class RankingService:
         if arm == "canary" and state.split.arm(request.borrower_id) != "canary":
             arm = "champion"
         scorer = state.canary if arm == "canary" and state.canary else state.champion
-        borrower = await self._borrower_state(request)
+        borrower, online = await self._borrower_state(request, scorer.spec.hash)
         X = self._rows(request, scorer, borrower)
         scores = self._score(scorer, arm, X, state)
         if scores is None:  # canary failed: the champion answers
@@ -277,29 +284,26 @@ class RankingService:
             model_version=scorer.version,
             arm=arm,
             feature_source=source,
+            feature_snapshot=online.snapshot_id if online else None,
+            feature_fallback=online.fallback if online else None,
             options=ranked,
         )
 
-    async def _borrower_state(self, request: RankRequest) -> Mapping[str, float] | None:
+    async def _borrower_state(
+        self, request: RankRequest, spec_hash: str
+    ) -> tuple[Mapping[str, float] | None, OnlineLookup | None]:
         if request.feature_source == "request":
-            return None
+            return None, None
         if request.borrower is not None:
-            return request.borrower.model_dump()
+            return request.borrower.model_dump(), None
         if self._online is None:
             raise InvalidInput(
                 "borrower: required when candidates carry no features (this app has no "
                 "online feature view)",
                 field="borrower",
             )
-        found = await self._online.borrower_features(request.borrower_id)
-        if found is None:
-            raise InvalidInput(
-                f"borrower_id {request.borrower_id}: unknown to the online feature view; "
-                "send borrower features",
-                field="borrower_id",
-                value=request.borrower_id,
-            )
-        return found
+        found = await self._online.lookup(request.borrower_id, spec_hash=spec_hash)
+        return found.features, found
 
     def _rows(
         self, request: RankRequest, scorer: OnnxScorer, borrower: Mapping[str, float] | None
@@ -342,9 +346,10 @@ class RankingService:
         return scores if ok else None
 
     def _count(self, role: str, version: str, ok: bool) -> None:
-        counters = self._counters.setdefault((role, version), _Counters())
-        counters.calls += 1
-        counters.errors += 0 if ok else 1
+        with self._counters_lock:  # the after-answer thread counts too
+            counters = self._counters.setdefault((role, version), _Counters())
+            counters.calls += 1
+            counters.errors += 0 if ok else 1
         self._metrics.model_call(role=role, version=version, ok=ok)
 
     def _reasons(
@@ -407,8 +412,12 @@ class RankingService:
         """Jobs waiting for :meth:`run_background`."""
         return len(self._queue)
 
-    def run_background(self, max_jobs: int = 64) -> int:
-        """Run up to ``max_jobs`` queued shadow / paired jobs, then check the guardrail."""
+    def run_background(self, max_jobs: int = 64, *, check: bool = True) -> int:
+        """Run up to ``max_jobs`` queued shadow / paired jobs, then check the guardrail.
+
+        Safe to call from one worker thread while requests are served on another; pass
+        ``check=False`` there and let the request thread check the guardrail.
+        """
         done = 0
         while self._queue and done < max_jobs:
             job = self._queue.popleft()
@@ -417,7 +426,8 @@ class RankingService:
             else:
                 self._run_paired(job)
             done += 1
-        self.check_guardrail()
+        if check:
+            self.check_guardrail()
         return done
 
     def _run_shadow(self, job: _Job) -> None:
@@ -504,7 +514,8 @@ class RankingService:
         ):
             if scorer is None:
                 continue
-            counters = self._counters.get((role, scorer.version), _Counters())
+            with self._counters_lock:
+                counters = replace(self._counters.get((role, scorer.version), _Counters()))
             models.append(
                 ArmStatus(
                     role=role,
@@ -538,4 +549,5 @@ class RankingService:
 
     def model_calls(self) -> int:
         """Model calls of every role in this replica (malformed requests add none)."""
-        return sum(c.calls for c in self._counters.values())
+        with self._counters_lock:
+            return sum(c.calls for c in self._counters.values())
