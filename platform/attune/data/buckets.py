@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from attune.data.features import micros
 from attune.data.reader import HistoryFiles, read_file
 from attune.data.schema import TABLES
 from attune.errors import AttuneError, SchemaError
@@ -51,10 +51,11 @@ def ipc(table: pa.Table) -> bytes:
 
 
 def _span(data: pa.Table) -> tuple[int | None, int | None]:
+    """Earliest and latest ``ts`` in µs (the schema's unit), or Nones without one."""
     if "ts" not in data.column_names or data.num_rows == 0:
         return None, None
-    us = micros(data.column("ts").to_pandas())
-    return int(us.min()), int(us.max())
+    low, high = pc.min_max(data.column("ts")).values()
+    return low.value, high.value
 
 
 def _read_and_pack(batch: pa.Table, columns: Mapping[str, Sequence[str]], buckets: int) -> pa.Table:
@@ -77,10 +78,12 @@ def _read_and_pack(batch: pa.Table, columns: Mapping[str, Sequence[str]], bucket
         bucket = bucket_of(data.column("borrower_id").to_numpy(), buckets)
         order = np.argsort(bucket, kind="stable")
         data, bucket = data.take(pa.array(order)), bucket[order]
+        span = _span(data)  # reported once per file, on its first row
         starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])[: len(bucket)]
-        for start, end in zip(starts, [*starts[1:], len(bucket)], strict=True):
+        for i, (start, end) in enumerate(zip(starts, [*starts[1:], len(bucket)], strict=True)):
             part = data.slice(start, end - start)
-            emit(table, uri, int(bucket[start]), ipc(part), part.num_rows, _span(part), "")
+            first = span if i == 0 else (None, None)
+            emit(table, uri, int(bucket[start]), ipc(part), part.num_rows, first, "")
     return pa.table(
         {
             "_bucket": pa.array(rows["_bucket"], pa.int32()),

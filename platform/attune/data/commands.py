@@ -116,7 +116,7 @@ def _ray_session() -> Iterator[None]:
 
 def _add_partitioning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buckets", type=int, help="borrower hash buckets (32)")
-    p.add_argument("--partitions", type=int, help="shuffle partitions, i.e. feature tasks (4)")
+    p.add_argument("--partitions", type=int, help="tasks reading files and computing buckets (16)")
 
 
 def _add_preprocess(subparsers: Any) -> None:

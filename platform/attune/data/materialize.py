@@ -39,7 +39,7 @@ import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from attune import storage
-from attune.data.buckets import DEFAULT_READ_TASKS, ipc, read_packed, unpack
+from attune.data.buckets import ipc, read_packed, unpack
 from attune.data.features import MAX_WINDOW_DAYS, borrower_features, compact_events
 from attune.data.reader import HistoryFiles, list_history
 from attune.data.schema import BORROWERS, EVENTS, LOANS, TS
@@ -86,9 +86,11 @@ class MaterializeConfig(BaseModel):
         description="Days of events kept verbatim for online updates (>= the longest window).",
     )
     buckets: int = Field(default=32, ge=1, le=65_536, description="Borrower hash buckets.")
-    partitions: int = Field(default=4, ge=1, le=4096, description="Shuffle partitions.")
-    read_tasks: int = Field(
-        default=DEFAULT_READ_TASKS, ge=1, le=4096, description="Tasks reading the input files."
+    partitions: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="Tasks that read the files and, after the shuffle, compute the buckets.",
     )
     online_events: bool = Field(
         default=True,
@@ -215,7 +217,7 @@ def materialize(
     if config.online_events:
         files = _with_online_events(files, out_uri)
     packed, _ = read_packed(
-        files, columns=_COLUMNS, buckets=config.buckets, tasks=config.read_tasks
+        files, columns=_COLUMNS, buckets=config.buckets, tasks=config.partitions
     )
     root = snapshot_root(out_uri, spec.hash)
     snapshot_id = f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"

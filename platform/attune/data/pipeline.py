@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
-from attune.data.buckets import DEFAULT_READ_TASKS, read_packed, unpack
+from attune.data.buckets import read_packed, unpack
 from attune.data.features import (
     add_context_features,
     borrower_features,
@@ -115,10 +115,10 @@ class PreprocessConfig(BaseModel):
         description="Borrower hash buckets; each bucket's features are one vectorized call.",
     )
     partitions: int = Field(
-        default=4, ge=1, le=4096, description="Shuffle partitions (tasks computing features)."
-    )
-    read_tasks: int = Field(
-        default=DEFAULT_READ_TASKS, ge=1, le=4096, description="Tasks reading the input files."
+        default=16,
+        ge=1,
+        le=4096,
+        description="Tasks that read the files and, after the shuffle, compute the buckets.",
     )
 
     @model_validator(mode="after")
@@ -316,7 +316,7 @@ def preprocess(
     config = config or PreprocessConfig()
     files = list_history(histories_uri)
     packed, report = read_packed(
-        files, columns=RANKING_COLUMNS, buckets=config.buckets, tasks=config.read_tasks
+        files, columns=RANKING_COLUMNS, buckets=config.buckets, tasks=config.partitions
     )
     shown = report[report["table"] == "presentations"]
     if shown["rows"].sum() == 0:
