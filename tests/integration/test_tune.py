@@ -94,11 +94,15 @@ def test_asha_stops_weak_trials_fifo_runs_every_trial_to_the_budget(
 def test_winner_checkpoint_is_cut_to_its_best_round(
     ray_cluster: Any, synthetic: SyntheticRanking, tmp_path: Path
 ) -> None:
+    """The winner's booster has its best round count and scores its best NDCG; 2 CPUs, 2 threads."""
     ds = load_dataset(synthetic.features, splits=("train", "valid"))
-    config = _config(synthetic, tmp_path, trials=2, early_stopping_rounds=3, scheduler="fifo")
+    config = _config(
+        synthetic, tmp_path, trials=2, early_stopping_rounds=3, scheduler="fifo", cpus_per_trial=2
+    )
     sweep = run_sweep(
         ds["train"], ds["valid"], config=config, name="ckpt", storage_uri=str(tmp_path)
     )
+    assert [t.nthread for t in sweep.trials] == [2, 2]
     booster = load_checkpoint(sweep.best, storage_uri=str(tmp_path))
     assert booster.num_boosted_rounds() == sweep.best.best_round
     import xgboost as xgb
