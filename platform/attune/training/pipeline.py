@@ -335,8 +335,13 @@ def _governance_files(
         why = f"no protected table under {protected_uri}"
         files["model_card.md"] = render_basic_card(**card_inputs).encode()
         return files, {"fairness.json": why, "governance.json": why}
+    # Scored as serving scores candidates, all at position 1: with the logged positions
+    # "ranked first" would mostly repeat the logging policy's slot for the option.
+    at_serving = test.X.copy()
+    if "position" in names:
+        at_serving[:, names.index("position")] = 1.0
     fairness = fairness_report(
-        scores=score(test.X),
+        scores=score(at_serving),
         qid=test.qid,
         option_ids=test.option_id,
         labels=test.label,
