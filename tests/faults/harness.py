@@ -58,8 +58,7 @@ def register_versions(registry: Any) -> dict[str, str]:
         "mismatch": model_files(good, spec=short),
     }
     versions = {
-        name: registry.register(content, metadata={"name": name})
-        for name, content in files.items()
+        name: registry.register(content, metadata={"name": name}) for name, content in files.items()
     }
     onnx = storage.join(registry.uri, "versions", versions["corrupted"], "model.onnx")
     storage.write_bytes(onnx, files["corrupted"]["model.onnx"][:1000])
