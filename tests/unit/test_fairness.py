@@ -96,6 +96,56 @@ def test_rare_options_are_not_flagged_by_four_fifths() -> None:
     assert report["four_fifths"]["passed"] is True
 
 
+def test_opportunity_counts_only_presentations_where_the_option_was_completed() -> None:
+    """Equal opportunity of an option: ranked first where its label is >= eligible_label."""
+    tops = {"f": ["payment_plan"] * 40 + ["pay_now"] * 20, "m": ["payment_plan"] * 30}
+    tops["m"] += ["pay_now"] * 30
+    data = _slates(tops)
+    labels = np.asarray(data["labels"]).copy()
+    # every plan row of f's last 20 presentations is "engaged" only: not eligible
+    plan_rows = np.flatnonzero(np.asarray(data["option_ids"]) == "payment_plan")
+    labels[plan_rows[40:60]] = 1
+    data["labels"] = labels
+    report = fairness_report(**data, n_bootstrap=50)  # type: ignore[arg-type]
+    plan = report["attributes"]["gender"]["opportunity"]["payment_plan"]
+    assert plan["by_group"]["f"]["value"] == 1.0
+    assert plan["by_group"]["f"]["n"] == 40
+    assert plan["by_group"]["m"]["value"] == 0.5
+    assert plan["by_group"]["m"]["n"] == 60
+    assert plan["ratio"]["value"] == pytest.approx(0.5)
+    assert plan["difference"]["value"] == pytest.approx(0.5)
+    assert (plan["min_group"], plan["max_group"]) == ("m", "f")
+    assert plan["overall"]["value"] == pytest.approx(70 / 100)
+    assert plan["left_out"] == {}
+    assert plan["four_fifths_flag"] is True
+    assert any(
+        v["metric"] == "opportunity:payment_plan" for v in report["four_fifths"]["violations"]
+    )
+    never_completed = report["attributes"]["gender"]["opportunity"]["pay_now"]
+    assert never_completed["overall"]["value"] is None
+    assert never_completed["by_group"] == {}
+    assert never_completed["left_out"] == {"f": 0, "m": 0}
+    strict = fairness_report(**data, n_bootstrap=0, eligible_label=3)  # type: ignore[arg-type]
+    assert strict["eligible_label"] == 3
+    assert strict["attributes"]["gender"]["opportunity"]["payment_plan"]["by_group"]["f"]["n"] == 40
+
+
+def test_opportunity_compares_only_groups_with_enough_eligible_presentations() -> None:
+    data = _slates({"f": ["payment_plan"] * 40, "m": ["pay_now"] * 40})
+    labels = np.asarray(data["labels"]).copy()
+    m_plan_rows = np.flatnonzero(np.asarray(data["option_ids"]) == "payment_plan")[40:]
+    labels[m_plan_rows[10:]] = 0  # m completed the plan in 10 presentations only
+    data["labels"] = labels
+    report = fairness_report(**data, n_bootstrap=0, min_eligible=11)  # type: ignore[arg-type]
+    plan = report["attributes"]["gender"]["opportunity"]["payment_plan"]
+    assert plan["left_out"] == {"m": 10}
+    assert list(plan["by_group"]) == ["f"]
+    assert plan["ratio"]["value"] is None
+    assert plan["four_fifths_flag"] is None  # nothing to compare
+    lower = fairness_report(**data, n_bootstrap=0, min_eligible=10)  # type: ignore[arg-type]
+    assert lower["attributes"]["gender"]["opportunity"]["payment_plan"]["ratio"]["value"] == 0.0
+
+
 def test_ndcg_uses_exponential_gain_and_skips_all_zero_groups() -> None:
     data = {
         "scores": np.array([0.1, 0.9, 0.5, 0.3, 0.2, 0.1]),
@@ -165,6 +215,9 @@ def test_report_is_a_valid_fairness_report_and_draws_a_png() -> None:
     png = fairness_png(report)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 10_000
+    for part in report["attributes"].values():  # a report from before equal opportunity
+        del part["opportunity"]
+    assert fairness_png(report)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _bad(**change: object) -> dict[str, object]:
@@ -188,6 +241,8 @@ def _bad(**change: object) -> dict[str, object]:
         (_bad(ci_level=1.0), "ci_level"),
         (_bad(min_group_size=0), "min_group_size"),
         (_bad(min_option_share=1.0), "min_option_share"),
+        (_bad(eligible_label=0), "eligible_label"),
+        (_bad(min_eligible=0), "min_eligible"),
     ],
     ids=[
         "qid-length",
@@ -202,6 +257,8 @@ def _bad(**change: object) -> dict[str, object]:
         "ci-level-1",
         "group-size-0",
         "option-share-1",
+        "eligible-label-0",
+        "min-eligible-0",
     ],
 )
 def test_bad_input_is_refused_naming_the_field(data: dict[str, object], field: str) -> None:

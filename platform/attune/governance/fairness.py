@@ -5,6 +5,12 @@ never reaches training or serving. For each protected attribute and group the re
 holds, per presentation (one ranking group, ``qid``):
 
 * **exposure** of each option: how often the model ranks it first;
+* **opportunity** of each option (equal opportunity): among the presentations where
+  the option was the borrower's best, as far as the evaluation data can tell without
+  ground truth (it was shown and the borrower completed it: label >= ``eligible_label``),
+  how often the model ranks it first. Unlike raw exposure this conditions on need: a
+  group that needs payment plans more often should see them first more often, but a
+  borrower who needed one should get it first whatever their group;
 * **ndcg**: NDCG@k of the model's order against the logged graded labels
   (presentations whose labels are all 0 have no NDCG and are left out);
 * **cure_rate_at_1**: how often the option ranked first was completed and the loan
@@ -12,17 +18,20 @@ holds, per presentation (one ranking group, ``qid``):
 * **outcome_rate** (when ``current_14d`` is given): how often the loan was current
   14 days after the presentation.
 
-Point estimates, differences (max - min) and ratios (min / max) across groups come
-from fairlearn's :class:`~fairlearn.metrics.MetricFrame`. Intervals come from a
-bootstrap that resamples *borrowers* (a borrower's presentations are correlated), done
-in numpy: MetricFrame's own ``n_boot`` took ~100 s for 200 resamples of 20k rows here.
-Groups smaller than ``min_group_size`` presentations are suppressed (their size is
-reported, their figures are not: small cells are both noisy and re-identifying).
+Point estimates of exposure and the quality metrics come from fairlearn's
+:class:`~fairlearn.metrics.MetricFrame`; equal opportunity compares a different subset
+of groups per option (those with at least ``min_eligible`` eligible presentations), so
+its point estimates are the exact means of the same per-borrower sums the bootstrap
+resamples. Differences are max - min and ratios min / max over the compared groups.
+Intervals come from a bootstrap that resamples *borrowers* (a borrower's presentations
+are correlated), done in numpy (:mod:`attune.governance._group_stats`): MetricFrame's
+own ``n_boot`` took ~100 s for 200 resamples of 20k rows here. Groups smaller than
+``min_group_size`` presentations are suppressed (their size is reported, their figures
+are not: small cells are both noisy and re-identifying).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from functools import partial
@@ -32,11 +41,19 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from attune.data.schema import OPTION_IDS
 from attune.errors import InvalidInput
+from attune.governance._group_stats import (
+    Bootstrap,
+    interval,
+    metric_matrix,
+    num,
+    ordered_options,
+    per_presentation,
+)
 
-#: Label of a completed option whose loan was current 14 days later.
-CURED_LABEL = 3
+#: A presentation counts towards an option's equal opportunity from this label on
+#: (2: the borrower completed the option when it was shown).
+COMPLETED_LABEL = 2
 #: The four-fifths rule: a group's rate below 80 % of the best group's is adverse impact.
 FOUR_FIFTHS = 0.8
 #: Placeholder group of borrowers without a protected-table row (or with a null value).
@@ -64,13 +81,18 @@ class MetricSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     overall: Estimate = Field(description="Over every presentation.")
-    by_group: dict[str, GroupEstimate] = Field(description="Per reported group.")
-    difference: Estimate = Field(description="max - min over reported groups.")
-    ratio: Estimate = Field(description="min / max over reported groups.")
+    by_group: dict[str, GroupEstimate] = Field(description="Per compared group.")
+    difference: Estimate = Field(description="max - min over compared groups.")
+    ratio: Estimate = Field(description="min / max over compared groups.")
     min_group: str | None = Field(description="Group with the lowest value.")
     max_group: str | None = Field(description="Group with the highest value.")
     four_fifths_flag: bool | None = Field(
         description="ratio < 0.8 for a rate of a favourable outcome; null when not applicable."
+    )
+    left_out: dict[str, int] = Field(
+        default_factory=dict,
+        description="Reported groups not compared for this metric (too few presentations "
+        "define it), with how many do.",
     )
 
 
@@ -80,6 +102,11 @@ class AttributeReport(BaseModel):
     groups: dict[str, int] = Field(description="Presentations per group, suppressed ones too.")
     suppressed_groups: list[str] = Field(description="Groups below min_group_size.")
     exposure: dict[str, MetricSummary] = Field(description="Per option: share ranked first.")
+    opportunity: dict[str, MetricSummary] = Field(
+        default_factory=dict,
+        description="Per option: share ranked first among presentations where the borrower "
+        "completed it (equal opportunity); empty in reports written before it existed.",
+    )
     metrics: dict[str, MetricSummary] = Field(description="ndcg, cure_rate_at_1, outcome_rate.")
 
 
@@ -87,7 +114,7 @@ class FourFifthsViolation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     attribute: str
-    metric: str = Field(description="'exposure:<option>' or a rate metric name.")
+    metric: str = Field(description="'exposure:<option>', 'opportunity:<option>' or a rate.")
     ratio: float
     min_group: str
     max_group: str
@@ -115,6 +142,17 @@ class FairnessReport(BaseModel):
     ci_level: float = Field(gt=0, lt=1)
     min_group_size: int = Field(ge=1)
     min_option_share: float = Field(ge=0, lt=1)
+    eligible_label: int = Field(
+        default=COMPLETED_LABEL,
+        ge=1,
+        description="A presentation counts towards an option's opportunity from this label on.",
+    )
+    min_eligible: int = Field(
+        default=20,
+        ge=1,
+        description="Groups with fewer eligible presentations of an option are not compared "
+        "on its opportunity.",
+    )
     options: list[str]
     attributes: dict[str, AttributeReport]
     four_fifths: FourFifths
@@ -136,30 +174,38 @@ def fairness_report(
     ci_level: float = 0.95,
     min_group_size: int = 30,
     min_option_share: float = 0.05,
+    eligible_label: int = COMPLETED_LABEL,
+    min_eligible: int = 20,
 ) -> dict[str, Any]:
     """Fairness of the ranking given by ``scores`` across protected groups.
 
     Takes one entry per candidate row (``scores``, ``qid``, ``option_ids``, ``labels``,
     ``borrower_ids``, optional ``current_14d``; equal lengths) and the ``protected``
     table (``borrower_id`` plus one column per attribute; ``attributes`` picks some).
-    Returns the :class:`FairnessReport` as a JSON-ready dict. The four-fifths flag is
+    Returns the :class:`FairnessReport` as a JSON-ready dict. An option's opportunity
+    is judged over presentations where its label is at least ``eligible_label``, and
+    compares only groups with at least ``min_eligible`` of them. The four-fifths flag is
     set for rates (exposure of options ranked first in at least ``min_option_share``
-    of presentations, cure and outcome rates) whose min/max ratio is below 0.8.
+    of presentations, opportunity, cure and outcome rates) whose min/max ratio is below
+    0.8.
 
     Raises :class:`InvalidInput` naming the argument for unequal lengths, NaN scores,
     a protected table without ``borrower_id`` or with duplicate borrowers, or an
     unknown attribute, and for settings out of range (``n_bootstrap < 0``, ``ci_level``
-    outside (0, 1), ``min_group_size < 1``, ``min_option_share`` outside [0, 1)).
+    outside (0, 1), ``min_group_size < 1``, ``min_option_share`` outside [0, 1),
+    ``eligible_label < 1``, ``min_eligible < 1``).
     """
     for field, value, ok in (
         ("n_bootstrap", n_bootstrap, n_bootstrap >= 0),
         ("ci_level", ci_level, 0 < ci_level < 1),
         ("min_group_size", min_group_size, min_group_size >= 1),
         ("min_option_share", min_option_share, 0 <= min_option_share < 1),
+        ("eligible_label", eligible_label, eligible_label >= 1),
+        ("min_eligible", min_eligible, min_eligible >= 1),
     ):
         if not ok:
             raise InvalidInput(f"{field}={value!r} is out of range", field=field, value=value)
-    per = _per_presentation(
+    per, option_labels = per_presentation(
         scores=scores,
         qid=qid,
         option_ids=option_ids,
@@ -169,10 +215,10 @@ def fairness_report(
         k=k,
     )
     groups = _attach_groups(per, protected, attributes)
-    options = _ordered_options(np.unique(np.asarray(option_ids).astype(str)))
-    values, names = _metric_matrix(per, options)
+    options = ordered_options(np.unique(np.asarray(option_ids).astype(str)))
+    values, names = metric_matrix(per, option_labels, options, eligible_label=eligible_label)
     borrowers, borrower_idx = np.unique(per["borrower_id"].to_numpy(), return_inverse=True)
-    boot = _Bootstrap.draw(
+    boot = Bootstrap.draw(
         values=values,
         borrower_idx=borrower_idx,
         n_borrowers=len(borrowers),
@@ -187,12 +233,15 @@ def fairness_report(
         report = _attribute_report(
             per=per,
             group=groups[attribute],
+            borrower_idx=borrower_idx,
             values=values,
             names=names,
             boot=boot,
             quantiles=(alpha, 1.0 - alpha),
             min_group_size=min_group_size,
+            min_eligible=min_eligible,
             flaggable={f"exposure:{o}" for o, s in overall_share.items() if s >= min_option_share}
+            | {f"opportunity:{o}" for o in options}
             | {"cure_rate_at_1", "outcome_rate"},
         )
         attribute_reports[attribute] = report
@@ -217,6 +266,8 @@ def fairness_report(
         ci_level=ci_level,
         min_group_size=min_group_size,
         min_option_share=min_option_share,
+        eligible_label=eligible_label,
+        min_eligible=min_eligible,
         options=options,
         attributes=attribute_reports,
         four_fifths=FourFifths(passed=not violations, violations=violations),
@@ -225,77 +276,11 @@ def fairness_report(
 
 
 def _all_metrics(report: AttributeReport) -> dict[str, MetricSummary]:
-    return {**{f"exposure:{o}": s for o, s in report.exposure.items()}, **report.metrics}
-
-
-# --------------------------------------------------------------------------- per presentation
-
-
-def _column(name: str, value: Any, n: int | None) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim != 1:
-        raise InvalidInput(f"{name} must be one-dimensional, got shape {arr.shape}", field=name)
-    if n is not None and len(arr) != n:
-        raise InvalidInput(
-            f"{name} has {len(arr)} entries but scores has {n}", field=name, length=len(arr)
-        )
-    return arr
-
-
-def _per_presentation(
-    *,
-    scores: Any,
-    qid: Any,
-    option_ids: Any,
-    labels: Any,
-    borrower_ids: Any,
-    current_14d: Any | None,
-    k: int,
-) -> pd.DataFrame:
-    """One row per qid: borrower, top option, its label, NDCG@k, outcome."""
-    score = _column("scores", scores, None).astype(np.float64)
-    n = len(score)
-    if n == 0:
-        raise InvalidInput("scores is empty", field="scores")
-    if np.isnan(score).any():
-        row = int(np.flatnonzero(np.isnan(score))[0])
-        raise InvalidInput(f"scores has NaN at row {row}", field="scores", row=row)
-    if k < 1:
-        raise InvalidInput(f"k must be >= 1, got {k}", field="k", value=k)
-    rows = pd.DataFrame(
-        {
-            "qid": _column("qid", qid, n),
-            "score": score,
-            "option_id": _column("option_ids", option_ids, n).astype(str),
-            "label": _column("labels", labels, n).astype(np.float64),
-            "borrower_id": _column("borrower_ids", borrower_ids, n),
-            "row": np.arange(n),
-        }
-    )
-    if current_14d is not None:
-        rows["current_14d"] = _column("current_14d", current_14d, n).astype(np.float64)
-    # Ties in score keep input order, so the report is deterministic.
-    ranked = rows.sort_values(["qid", "score", "row"], ascending=[True, False, True])
-    rank = ranked.groupby("qid", sort=False).cumcount().to_numpy() + 1
-    discount = np.where(rank <= k, 1.0 / np.log2(rank + 1.0), 0.0)
-    ranked = ranked.assign(dcg=(2.0 ** ranked["label"].to_numpy() - 1.0) * discount)
-    ideal = rows.sort_values(["qid", "label"], ascending=[True, False])
-    ideal_rank = ideal.groupby("qid", sort=False).cumcount().to_numpy() + 1
-    ideal_discount = np.where(ideal_rank <= k, 1.0 / np.log2(ideal_rank + 1.0), 0.0)
-    ideal = ideal.assign(idcg=(2.0 ** ideal["label"].to_numpy() - 1.0) * ideal_discount)
-    agg: dict[str, Any] = {
-        "borrower_id": ("borrower_id", "first"),
-        "top_option": ("option_id", "first"),
-        "top_label": ("label", "first"),
-        "dcg": ("dcg", "sum"),
+    return {
+        **{f"exposure:{o}": s for o, s in report.exposure.items()},
+        **{f"opportunity:{o}": s for o, s in report.opportunity.items()},
+        **report.metrics,
     }
-    if current_14d is not None:
-        agg["outcome"] = ("current_14d", "max")
-    per = ranked.groupby("qid", sort=True).agg(**agg)
-    idcg = ideal.groupby("qid", sort=True)["idcg"].sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per["ndcg"] = np.where(idcg.to_numpy() > 0, per["dcg"].to_numpy() / idcg.to_numpy(), np.nan)
-    return per.reset_index()
 
 
 def _attach_groups(
@@ -328,180 +313,148 @@ def _attach_groups(
     return joined.astype(object).where(joined.notna(), MISSING_GROUP).astype(str)
 
 
-def _ordered_options(seen: Any) -> list[str]:
-    """The candidate options: catalog order first, then any other id alphabetically."""
-    seen_set = {str(s) for s in seen}
-    return [o for o in OPTION_IDS if o in seen_set] + sorted(seen_set - set(OPTION_IDS))
-
-
-def _metric_matrix(per: pd.DataFrame, options: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Per-presentation values of every metric (NaN where undefined), with their names."""
-    top = per["top_option"].to_numpy()
-    columns = [(top == o).astype(np.float64) for o in options]
-    names = [f"exposure:{o}" for o in options]
-    columns += [per["ndcg"].to_numpy(), (per["top_label"].to_numpy() == CURED_LABEL) * 1.0]
-    names += ["ndcg", "cure_rate_at_1"]
-    if "outcome" in per.columns:
-        columns.append(per["outcome"].to_numpy())
-        names.append("outcome_rate")
-    return np.column_stack(columns), names
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-class _Bootstrap:
-    """Borrower-level resampling weights and per-borrower sums of every metric."""
-
-    def __init__(self, *, weights: np.ndarray | None, sums: np.ndarray, counts: np.ndarray) -> None:
-        self.weights = weights  # (n_bootstrap, n_borrowers) multiplicities, or None
-        self.sums = sums  # (n_borrowers, n_metrics) nan-sums
-        self.counts = counts  # (n_borrowers, n_metrics) defined values
-
-    @classmethod
-    def draw(
-        cls,
-        *,
-        values: np.ndarray,
-        borrower_idx: np.ndarray,
-        n_borrowers: int,
-        n_bootstrap: int,
-        seed: int,
-    ) -> _Bootstrap:
-        defined = ~np.isnan(values)
-        sums = np.zeros((n_borrowers, values.shape[1]))
-        counts = np.zeros_like(sums)
-        np.add.at(sums, borrower_idx, np.where(defined, values, 0.0))
-        np.add.at(counts, borrower_idx, defined * 1.0)
-        weights = None
-        if n_bootstrap > 0:
-            rng = np.random.default_rng(seed)
-            p = np.full(n_borrowers, 1.0 / n_borrowers)
-            weights = rng.multinomial(n_borrowers, p, size=n_bootstrap).astype(np.float64)
-        return cls(weights=weights, sums=sums, counts=counts)
-
-    def group_means(self, members: np.ndarray) -> np.ndarray | None:
-        """(n_bootstrap, n_metrics) resampled means over the borrowers in ``members``."""
-        if self.weights is None:
-            return None
-        w = self.weights[:, members]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (w @ self.sums[members]) / (w @ self.counts[members])
-
-
-def _interval(samples: np.ndarray | None, quantiles: tuple[float, float]) -> Any:
-    if samples is None:
-        return None
-    finite = samples[np.isfinite(samples)]
-    if finite.size < max(2, samples.size // 2):
-        return (None, None)  # undefined in most resamples: no honest interval
-    lo, hi = np.quantile(finite, quantiles)
-    return (float(lo), float(hi))
-
-
-def _num(value: Any) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) or math.isinf(value) else value
-
-
 # --------------------------------------------------------------------------- per attribute
 
 
 def _nanmean(y_true: Any, y_pred: Any, *, values: np.ndarray) -> float:
     del y_true, y_pred
     defined = values[~np.isnan(values)]
-    return float(defined.mean()) if defined.size else math.nan
+    return float(defined.mean()) if defined.size else float("nan")
 
 
-def _attribute_report(
-    *,
-    per: pd.DataFrame,
-    group: pd.Series,
-    values: np.ndarray,
-    names: list[str],
-    boot: _Bootstrap,
-    quantiles: tuple[float, float],
-    min_group_size: int,
-    flaggable: set[str],
-) -> AttributeReport:
+def _frame_by_group(
+    *, per: pd.DataFrame, group: pd.Series, keep: np.ndarray, values: np.ndarray, names: list[str]
+) -> pd.DataFrame:
+    """MetricFrame's per-group point estimates of every metric but opportunity."""
     from fairlearn.metrics import MetricFrame, selection_rate
-
-    sizes = group.value_counts().sort_index()
-    reported = [str(g) for g, n in sizes.items() if n >= min_group_size]
-    suppressed = [str(g) for g, n in sizes.items() if n < min_group_size]
-    keep = group.isin(reported).to_numpy()
 
     metrics: dict[str, Any] = {}
     params: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(names):
         if name.startswith("exposure:"):
             metrics[name] = partial(selection_rate, pos_label=name.split(":", 1)[1])
-        else:
+        elif not name.startswith("opportunity:"):
             metrics[name] = _nanmean
             params[name] = {"values": values[keep, j]}
-    frame = None
-    if reported:
-        frame = MetricFrame(
-            metrics=metrics,
-            y_true=per["top_label"].to_numpy()[keep],
-            y_pred=per["top_option"].to_numpy()[keep],
-            sensitive_features=group.to_numpy()[keep],
-            sample_params=params,
-        )
+    frame = MetricFrame(
+        metrics=metrics,
+        y_true=per["top_label"].to_numpy()[keep],
+        y_pred=per["top_option"].to_numpy()[keep],
+        sensitive_features=group.to_numpy()[keep],
+        sample_params=params,
+    )
+    return frame.by_group.astype(float)
 
-    borrower_idx = np.unique(per["borrower_id"].to_numpy(), return_inverse=True)[1]
-    overall_boot = boot.group_means(np.arange(boot.sums.shape[0]))
-    group_boot: dict[str, np.ndarray | None] = {}
-    for g in reported:
-        members = np.unique(borrower_idx[(group == g).to_numpy()])
-        group_boot[g] = boot.group_means(members)
+
+def _attribute_report(
+    *,
+    per: pd.DataFrame,
+    group: pd.Series,
+    borrower_idx: np.ndarray,
+    values: np.ndarray,
+    names: list[str],
+    boot: Bootstrap,
+    quantiles: tuple[float, float],
+    min_group_size: int,
+    min_eligible: int,
+    flaggable: set[str],
+) -> AttributeReport:
+    sizes = group.value_counts().sort_index()
+    reported = [str(g) for g, n in sizes.items() if n >= min_group_size]
+    suppressed = [str(g) for g, n in sizes.items() if n < min_group_size]
+    keep = group.isin(reported).to_numpy()
+    by_group_frame = (
+        _frame_by_group(per=per, group=group, keep=keep, values=values, names=names)
+        if reported
+        else None
+    )
+    all_members = np.arange(boot.sums.shape[0])
+    overall_exact = boot.means(all_members)
+    overall_boot = boot.group_means(all_members)
+    members = {g: np.unique(borrower_idx[(group == g).to_numpy()]) for g in reported}
+    exact = {g: boot.means(m) for g, m in members.items()}
+    group_boot = {g: boot.group_means(m) for g, m in members.items()}
+    defined = {g: np.isfinite(values[(group == g).to_numpy()]).sum(axis=0) for g in reported}
 
     summaries: dict[str, MetricSummary] = {}
     for j, name in enumerate(names):
-        overall = _num(np.nanmean(values[:, j])) if np.isfinite(values[:, j]).any() else None
-        by_group: dict[str, GroupEstimate] = {}
+        opportunity = name.startswith("opportunity:")
+        point: dict[str, float | None] = {}
         for g in reported:
-            in_g = (group == g).to_numpy()
-            assert frame is not None
-            samples = group_boot[g]
-            by_group[g] = GroupEstimate(
-                value=_num(frame.by_group.loc[g, name]),
-                ci=_interval(None if samples is None else samples[:, j], quantiles),
-                n=int(np.isfinite(values[in_g, j]).sum()),
-            )
-        diff = ratio = None
-        min_group = max_group = None
-        diff_ci = ratio_ci = None
-        if frame is not None and len(reported) > 1:
-            column = frame.by_group[name].astype(float)
-            if column.notna().any() and column.max() > 0:
-                min_group, max_group = str(column.idxmin()), str(column.idxmax())
-            diff = _num(frame.difference()[name])
-            ratio = _num(frame.ratio()[name])
-            stacked = [group_boot[g] for g in reported]
-            if all(s is not None for s in stacked):
-                per_group = np.stack([s[:, j] for s in stacked if s is not None], axis=1)
-                with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
-                    hi, lo = np.nanmax(per_group, axis=1), np.nanmin(per_group, axis=1)
-                    diff_ci = _interval(hi - lo, quantiles)
-                    ratio_ci = _interval(np.where(hi > 0, lo / hi, np.nan), quantiles)
-        applicable = name in flaggable
-        summaries[name] = MetricSummary(
-            overall=Estimate(
-                value=overall,
-                ci=_interval(None if overall_boot is None else overall_boot[:, j], quantiles),
-            ),
-            by_group=by_group,
-            difference=Estimate(value=diff, ci=diff_ci),
-            ratio=Estimate(value=ratio, ci=ratio_ci),
-            min_group=min_group,
-            max_group=max_group,
-            four_fifths_flag=(ratio is not None and ratio < FOUR_FIFTHS) if applicable else None,
+            if opportunity or by_group_frame is None:
+                point[g] = num(exact[g][j])
+            else:
+                point[g] = num(by_group_frame.loc[g, name])
+        compared = [g for g in reported if not opportunity or defined[g][j] >= min_eligible]
+        summaries[name] = _summary(
+            j=j,
+            point=point,
+            compared=compared,
+            defined={g: int(defined[g][j]) for g in reported},
+            group_boot=group_boot,
+            overall=num(overall_exact[j]),
+            overall_samples=None if overall_boot is None else overall_boot[:, j],
+            quantiles=quantiles,
+            flaggable=name in flaggable and (not opportunity or len(compared) > 1),
+            left_out={g: int(defined[g][j]) for g in reported if g not in compared},
         )
     return AttributeReport(
         groups={str(g): int(n) for g, n in sizes.items()},
         suppressed_groups=suppressed,
-        exposure={n.split(":", 1)[1]: s for n, s in summaries.items() if n.startswith("exposure:")},
-        metrics={n: s for n, s in summaries.items() if not n.startswith("exposure:")},
+        exposure=_section(summaries, "exposure:"),
+        opportunity=_section(summaries, "opportunity:"),
+        metrics={n: s for n, s in summaries.items() if ":" not in n},
+    )
+
+
+def _section(summaries: dict[str, MetricSummary], prefix: str) -> dict[str, MetricSummary]:
+    return {n.split(":", 1)[1]: s for n, s in summaries.items() if n.startswith(prefix)}
+
+
+def _summary(
+    *,
+    j: int,
+    point: dict[str, float | None],
+    compared: list[str],
+    defined: dict[str, int],
+    group_boot: dict[str, np.ndarray | None],
+    overall: float | None,
+    overall_samples: np.ndarray | None,
+    quantiles: tuple[float, float],
+    flaggable: bool,
+    left_out: dict[str, int],
+) -> MetricSummary:
+    """One metric's summary over the ``compared`` groups."""
+    column = {g: None if (s := group_boot[g]) is None else s[:, j] for g in compared}
+    by_group = {
+        g: GroupEstimate(value=point[g], ci=interval(column[g], quantiles), n=defined[g])
+        for g in compared
+    }
+    diff = ratio = None
+    min_group = max_group = None
+    diff_ci = ratio_ci = None
+    known = {g: v for g, v in point.items() if g in compared and v is not None}
+    if len(compared) > 1 and known:
+        low, high = min(known, key=known.__getitem__), max(known, key=known.__getitem__)
+        if known[high] > 0:
+            min_group, max_group = low, high
+            ratio = known[low] / known[high]
+        diff = known[high] - known[low]
+        stacked = [group_boot[g] for g in compared]
+        if all(s is not None for s in stacked):
+            per_group = np.stack([s[:, j] for s in stacked if s is not None], axis=1)
+            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
+                hi, lo = np.nanmax(per_group, axis=1), np.nanmin(per_group, axis=1)
+                diff_ci = interval(hi - lo, quantiles)
+                ratio_ci = interval(np.where(hi > 0, lo / hi, np.nan), quantiles)
+    return MetricSummary(
+        overall=Estimate(value=overall, ci=interval(overall_samples, quantiles)),
+        by_group=by_group,
+        difference=Estimate(value=diff, ci=diff_ci),
+        ratio=Estimate(value=ratio, ci=ratio_ci),
+        min_group=min_group,
+        max_group=max_group,
+        four_fifths_flag=(ratio is not None and ratio < FOUR_FIFTHS) if flaggable else None,
+        left_out=left_out,
     )

@@ -59,18 +59,35 @@ def _grouped_bars(ax: Any, summaries: dict[str, Any], title: str) -> None:
 
 
 def fairness_png(report: dict[str, Any]) -> bytes:
-    """Exposure by option and quality metrics by group, one row per protected attribute."""
+    """Per protected attribute (one row): exposure and equal opportunity by option, quality.
+
+    The middle panel (equal opportunity: share ranked first where the borrower completed
+    the option) is what the default gate judges; options no two groups can be compared
+    on are left out of it. Reports written before it existed draw it empty.
+    """
     attributes = report["attributes"]
-    fig, axes = _figure(max(len(attributes), 1), 2, width=13, height=3.6 * max(len(attributes), 1))
+    rows = max(len(attributes), 1)
+    fig, axes = _figure(rows, 3, width=19, height=3.6 * rows)
     for row, (name, part) in enumerate(attributes.items()):
         exposure = {o: s for o, s in part["exposure"].items() if s["by_group"]}
         _grouped_bars(axes[row][0], exposure, f"{name}: share ranked first, by option")
-        _grouped_bars(axes[row][1], part["metrics"], f"{name}: ranking quality and outcomes")
+        opportunity = {
+            o: s for o, s in part.get("opportunity", {}).items() if len(s["by_group"]) > 1
+        }
+        _grouped_bars(
+            axes[row][1],
+            opportunity,
+            f"{name}: equal opportunity (ranked first where completed, "
+            f"n >= {report.get('min_eligible', '?')})",
+        )
+        _grouped_bars(axes[row][2], part["metrics"], f"{name}: ranking quality and outcomes")
         flagged = [
             v["metric"] for v in report["four_fifths"]["violations"] if v["attribute"] == name
         ]
-        if flagged:
-            axes[row][0].set_xlabel("below four-fifths: " + ", ".join(flagged), color="#c8453b")
+        for col, kind in ((0, "exposure:"), (1, "opportunity:")):
+            mine = [m.split(":", 1)[1] for m in flagged if m.startswith(kind)]
+            if mine:
+                axes[row][col].set_xlabel("below four-fifths: " + ", ".join(mine), color="#c8453b")
     verdict = "passed" if report["four_fifths"]["passed"] else "FLAGGED"
     fig.suptitle(
         f"Fairness by protected group (n={report['n_presentations']} presentations, "
