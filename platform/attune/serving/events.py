@@ -68,8 +68,9 @@ EventType = Literal[
 ]
 #: = attune.data.schema.CHANNELS.
 Channel = Literal["sms", "email", "push"]
-#: Most events one request may carry.
-MAX_EVENTS = 1000
+#: Most events one request may carry (250 typical events are ~45 KB, below the ingress's
+#: 64 KiB body limit, attune.serving.api.MAX_BODY_BYTES).
+MAX_EVENTS = 250
 
 _STRICT = ConfigDict(extra="forbid")
 
