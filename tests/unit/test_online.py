@@ -222,7 +222,7 @@ def test_a_newer_snapshot_is_swapped_in_with_the_events_posted_meanwhile(
     late = newer[newer["ts"] >= t1]
     store.post(_request(late.iloc[:10]))
     store.swap(*found)
-    store.post(_request(late.iloc[10:]))
+    _post_all(store, late.iloc[10:])
     assert store.snapshot_id == second and store.next_view() is None
     ids = sorted(history.borrowers["borrower_id"])
     q = _queries(ids, [t1 + timedelta(days=3), t1 + timedelta(days=60)])
