@@ -46,16 +46,11 @@ def ray_cluster(s3_server: S3Server) -> Iterator[object]:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Serve's HAProxy ingress, the serving app's fast path (docs/serving.md), must be on
-    # before the cluster starts. Its stats/metrics ports are drawn free so that sessions
-    # sharing a host never collide; replicas drain in 1 s (not 30 s) when an app is deleted.
-    from tests.conftest import free_port
+    # before the cluster starts, with ports of its own: sessions sharing a host must not
+    # share Serve's SO_REUSEPORT sockets (see serve_isolation_env).
+    from tests.integration.serving_fixtures import serve_isolation_env
 
-    for key, value in {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-    }.items():
+    for key, value in serve_isolation_env().items():
         os.environ.setdefault(key, value)
     cluster = Cluster(
         initialize_head=True,

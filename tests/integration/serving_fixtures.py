@@ -21,6 +21,56 @@ from attune.data.schema import OPTION_IDS
 from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES, FeatureSpec, default_spec
 
 N_FEATURES = len(FEATURE_NAMES)
+
+
+def serve_isolation_env() -> dict[str, str]:
+    """Environment that keeps this Ray's Serve ports apart from other Rays on the host.
+
+    Set before the cluster starts. Serve's HAProxy ingress (docs/serving.md) binds fixed
+    defaults with SO_REUSEPORT: the fallback proxy on 8500/9500, replicas from 30000 and
+    40000 up, stats on 8404 and metrics on 9101. Two clusters on one host would then share
+    sockets, and a request could reach the *other* cluster's proxy or replica (a 404 for
+    a route it does not know). Every port here is drawn fresh; replicas drain in 1 s.
+    """
+    from tests.conftest import free_port
+
+    block = _free_port_block()
+
+    def port() -> int:  # outside the replicas' block
+        return next(p for p in iter(free_port, None) if not block <= p < block + 1_000)
+
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(block + 200),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(block + 400),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(block + 600),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
+def _free_port_block(size: int = 1_000) -> int:
+    """The start of ``size`` ports none of whose first 50 is bound (system randomness:
+    the tests seed ``random``, and every session must draw a different block)."""
+    import random
+    import socket
+
+    rng = random.SystemRandom()
+    while True:
+        base = rng.randrange(32_000, 60_000 - size, size)
+        try:
+            for port in range(base, base + 50):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
 _OPTION_COLUMNS = [FEATURE_NAMES.index(f"opt_{o}") for o in OPTION_IDS]
 
 
@@ -36,6 +86,11 @@ def _rows(rng: np.random.Generator, n_groups: int) -> tuple[np.ndarray, np.ndarr
 
 def ranker_onnx(*, seed: int, n_trees: int = 6) -> bytes:
     """A small ``rank:ndcg`` XGBoost ranker exported to ONNX (spec: default_spec())."""
+    return ranker_files(seed=seed, n_trees=n_trees)["model.onnx"]
+
+
+def ranker_files(*, seed: int, n_trees: int = 6) -> dict[str, bytes]:
+    """A small ranker as registry files: ``model.onnx``, native ``model.ubj``, feature spec."""
     import xgboost
 
     from attune.training.export import export_onnx
@@ -47,7 +102,9 @@ def ranker_onnx(*, seed: int, n_trees: int = 6) -> bytes:
     dtrain = xgboost.DMatrix(X, label=label, qid=qid)
     params = {"objective": "rank:ndcg", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": seed}
     booster = xgboost.train(params, dtrain, num_boost_round=n_trees)
-    return export_onnx(booster, n_features=N_FEATURES)
+    files = model_files(export_onnx(booster, n_features=N_FEATURES))
+    files["model.ubj"] = bytes(booster.save_raw("ubj"))
+    return files
 
 
 def garbage_onnx(*, seed: int = 7) -> bytes:
@@ -108,7 +165,12 @@ class DictStore:
         return version
 
     def read(self, version: str, name: str) -> bytes:
-        return self.versions[self.resolve(version)][name]
+        from attune.errors import StoreNotFound
+
+        files = self.versions[self.resolve(version)]
+        if name not in files:
+            raise StoreNotFound(uri=f"dict://{version}/{name}")
+        return files[name]
 
 
 # --------------------------------------------------------------------------- requests
@@ -182,7 +244,11 @@ class KeepAlive:
             "POST", self.prefix + path, json.dumps(body), {"Content-Type": "application/json"}
         )
         response = conn.getresponse()
-        return HttpResult(response.status, json.loads(response.read()))
+        payload = response.read()
+        try:
+            return HttpResult(response.status, json.loads(payload))
+        except ValueError:
+            return HttpResult(response.status, payload.decode(errors="replace"))
 
 
 def wait_http_ok(url: str, timeout: float = 120.0) -> None:

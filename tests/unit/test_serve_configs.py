@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,20 @@ def test_shared_environments_keep_models_and_decisions_on_s3(path: Path) -> None
     assert args.registry_uri().startswith("s3://") and args.store_uri().startswith("s3://")
 
 
-def test_no_credentials_in_configs() -> None:
-    for path in CONFIGS:
-        text = path.read_text().lower()
-        assert "secret" not in text and "access_key" not in text and "token" not in text
+def _keys(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [str(k) for k in node] + [k for v in node.values() for k in _keys(v)]
+    if isinstance(node, list):
+        return [k for v in node for k in _keys(v)]
+    return []
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_no_credentials_in_configs(path: Path) -> None:
+    """Secrets come from the environment: no config key holds a password, token or key."""
+    secret = re.compile(r"secret|password|token|access_key|credential", re.IGNORECASE)
+    assert [k for k in _keys(_load(path)) if secret.search(k)] == []
+    assert not re.search(r"AKIA[0-9A-Z]{16}", path.read_text())
 
 
 @pytest.mark.parametrize(
@@ -126,3 +137,19 @@ def test_configs_keep_the_replica_environment_of_the_code(path: Path) -> None:
 
     (ingress,) = ServeDeploySchema.model_validate(_load(path)).applications[0].deployments
     assert ingress.ray_actor_options.runtime_env["env_vars"] == REPLICA_ENV
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["rollout", "canary", "v1", "--percent", "150"], "percent"),
+        (["rollout", "shadow", "v1", "--percent", "-5"], "percent"),
+    ],
+)
+def test_rollout_cli_refuses_bad_arguments_before_touching_the_cluster(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attune.cli import main
+
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err

@@ -27,6 +27,7 @@ from tests.integration.serving_fixtures import (
     nan_onnx,
     offline_borrower_features,
     rank_body,
+    ranker_files,
     ranker_onnx,
 )
 
@@ -244,3 +245,28 @@ def test_promotion_switches_versions_without_touching_requests_in_flight(
     after = h.rank(rank_body(3))
     assert (before.model_version, after.model_version) == ("champ", "cand")
     assert before.options != after.options
+
+
+def test_explain_returns_reason_codes_from_the_native_booster(models: dict[str, bytes]) -> None:
+    from attune.serving.explain import RegistryExplainer
+
+    store = DictStore({"champ": ranker_files(seed=1), "bare": model_files(models["cand"])}, {})
+    for version, explained in (("champ", True), ("bare", False)):
+        sink = MemorySink()
+        service = RankingService(
+            store=store,
+            rollout=RolloutConfig(champion=version),
+            decision_log=DecisionLog(sink=sink, writer_id="t"),
+            borrower_salt="salt",
+            explainer=RegistryExplainer(store, top_k=2),
+        )
+        body = {**rank_body(3, n=4), "explain": True}
+        response = asyncio.run(service.rank(RankRequest.model_validate(body)))
+        if not explained:  # no model.ubj: no reasons, still a ranking
+            assert all(o.reasons is None for o in response.options)
+            continue
+        assert all(o.reasons is not None and len(o.reasons) == 2 for o in response.options)
+        first = response.options[0].reasons
+        assert first is not None and first[0].code and first[0].statement
+        plain = asyncio.run(service.rank(RankRequest.model_validate(rank_body(3, n=4))))
+        assert all(o.reasons is None for o in plain.options)

@@ -140,10 +140,11 @@ class RankRequest(BaseModel):
 
 
 class Reason(BaseModel):
-    """One reason code: a feature and its contribution to the option's score."""
+    """One reason code: why the model scored the option as it did, with its contribution."""
 
-    feature: str = Field(description="Feature name from the feature spec.")
-    contribution: float = Field(description="Contribution to the score (TreeSHAP).")
+    code: str = Field(description="Reason code from the reason catalog.")
+    statement: str = Field(description="What the code says, in words, for this direction.")
+    contribution: float = Field(description="Summed TreeSHAP contribution to the score.")
 
 
 class RankedOption(BaseModel):

@@ -172,8 +172,9 @@ def validation_error_body(errors: Sequence[Any], *, prefix: str | None = None) -
 
 
 def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
-    """Registry-backed model store and parquet decision log under the store."""
+    """Registry-backed model store and explainer, parquet decision log under the store."""
     from attune.registry import Registry
+    from attune.serving.explain import RegistryExplainer
     from attune.serving.metrics import RayServeMetrics
     from attune.settings import get_settings
 
@@ -189,8 +190,10 @@ def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
             max_buffer=cfg.max_buffer,
             on_drop=metrics.decisions_dropped,
         )
+    registry = Registry(args.registry_uri())
     return {
-        "store": Registry(args.registry_uri()),
+        "store": registry,
+        "explainer": RegistryExplainer(registry),
         "decision_log": decision_log,
         "borrower_salt": get_settings().borrower_salt,
         "metrics": metrics,
@@ -237,6 +240,8 @@ class RankingIngress:
         online: OnlineFeatures | None = None,
         explainer: Explainer | None = None,
     ) -> None:
+        """``online``: the online feature view; ``explainer``: reason codes (default: TreeSHAP
+        of each version's native booster, attune.serving.explain)."""
         self._tasks: list[asyncio.Task[None]] = []
         online = self._online = client_for(online)  # Serve hands in a DeploymentHandle
         self._decision_log: DecisionLog | None = None
@@ -245,6 +250,8 @@ class RankingIngress:
         self._app_name = context.app_name
         auth.configure(args.auth)  # first: a required but missing token fails the deploy
         collaborators = _default_collaborators(args, _safe_id(context.replica_tag))
+        if explainer is not None:
+            collaborators["explainer"] = explainer
         self._decision_log = collaborators["decision_log"]
         # Models load in the first reconfigure (Serve calls it before the replica takes
         # traffic), from the user_config actually deployed, not from the args' default.
@@ -252,7 +259,6 @@ class RankingIngress:
             RankingService,
             replica_id=context.replica_tag,
             online=online,
-            explainer=explainer,
             on_rollback=self._after_rollback,
             queue_size=args.shadow_queue,
             **collaborators,

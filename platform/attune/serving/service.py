@@ -72,7 +72,7 @@ class Explainer(Protocol):
 
     def explain(
         self, version: str, X: np.ndarray, names: tuple[str, ...]
-    ) -> list[list[Reason]]: ...
+    ) -> list[list[Reason]] | None: ...
 
 
 class RankingPolicy(Protocol):
