@@ -53,16 +53,15 @@ def ray_cluster(s3_server: Any) -> Iterator[object]:
 
     if ray.is_initialized():
         pytest.fail("the fault suite needs its own cluster: Ray is already initialized")
-    saved = {key: os.environ.get(key) for key in _CLUSTER_ENV}
+    # The integration fixture sets Serve's ports with setdefault: restore the environment
+    # afterwards, so that a later cluster in this session draws ports of its own.
+    saved = dict(os.environ)
     os.environ.update(_CLUSTER_ENV)
     try:
         yield from integration.ray_cluster.__wrapped__(s3_server)  # type: ignore[attr-defined]
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="package")

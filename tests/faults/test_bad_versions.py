@@ -63,7 +63,7 @@ def test_broken_versions_are_refused_and_the_champion_keeps_serving(
     fault_report.add(
         "bad-versions",
         injected="attune rollout canary of 3 broken versions: "
-        + "; ".join(f"{name}: {line}" for name, line in refusals.items()),
+        + "; ".join(f"{name}: {line[:100]}" for name, line in refusals.items()),
         counted={**counts, "versions_refused": len(refusals), "served_by": final["models"]},
     )
     for name, reason in BROKEN.items():
