@@ -95,7 +95,9 @@ def fault_app(
     versions = register_versions(registry)
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
-    port = _get_global_client().http_config.port
+    client = _get_global_client()
+    assert client is not None
+    port = client.http_config.port
     args = {
         "registry": registry.uri,
         "store": f"s3://{log_bucket}/store",

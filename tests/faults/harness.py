@@ -126,10 +126,12 @@ class FaultApp:
     def wait_replicas(self, n: int, timeout: float = 180) -> list[str]:
         """Wait until ``n`` replicas are RUNNING in Serve and every one has answered."""
         from ray import serve
+        from ray.serve.schema import ReplicaState
 
         def running() -> bool:
             status = serve.status().applications[APP].deployments["RankingIngress"]
-            return status.replica_states.get("RUNNING", 0) == n and len(self.replicas()) == n
+            up = status.replica_states.get(ReplicaState.RUNNING, 0)
+            return up == n and len(self.replicas()) == n
 
         wait_for(running, timeout=timeout, what=f"{n} running replicas")
         self.replica_stats()

@@ -99,7 +99,7 @@ def test_an_s3_outage_leaves_serving_untouched_and_storage_fails_clearly(
     )
     assert counts["failed"] == 0 and counts["failed_first_attempt"] == 0, final["first_failed"]
     assert set(final["models"]) == {app.versions["champ"]}
-    assert len(attempts) == get_settings().s3_max_attempts == error.attempts
+    assert len(attempts) == get_settings().s3_max_attempts == error.details["attempts"]
     assert app.registry.uri in error.message and "store unavailable after" in error.message
     assert any(s["decisions_buffered"] > 0 for s in during.values())
     assert served_after_down and served_after_down <= logged

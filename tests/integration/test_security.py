@@ -99,7 +99,9 @@ def secure(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     version = registry.register(model_files(ranker_onnx(seed=1)), metadata={"name": "sec"})
     store = tmp_path_factory.mktemp("store")
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
-    port = _get_global_client().http_config.port
+    client = _get_global_client()
+    assert client is not None
+    port = client.http_config.port
     args = {
         "registry": registry.uri,
         "store": str(store),

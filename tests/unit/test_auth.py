@@ -204,7 +204,7 @@ def test_bad_token_configuration_fails_naming_the_field_without_the_secret(
         token_env("short-secret")
     with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError) as err:
         auth.configure(config)
-    assert err.value.field == field
+    assert err.value.details["field"] == field
     assert "short-secret" not in str(err.value.to_dict()) + caplog.text
 
 
