@@ -12,14 +12,19 @@ in its own child process so that memory is measured separately and side by side:
 
 For each it prints wall time, events per second and the peak memory of the whole
 process tree (sum of PSS, sampled every 0.2 s: Ray's raylet, workers and object store
-included), then Ray's figures as ratios of the baseline's, and checks that both
-outputs hold the same rows. Ray's start-up is timed apart from the pipeline.
+included) and its CPU seconds (a figure that load from elsewhere on the machine
+disturbs less than wall time), then Ray's figures as ratios of the baseline's
+(median over ``--repeat`` alternating pairs: the machine may be shared), and checks
+that both outputs hold the same rows. Ray's start-up is timed apart from the pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,14 +67,19 @@ def _run_child(argv: list[str]) -> tuple[dict[str, float], int]:
             peak = max(peak, _tree_memory(proc.pid))
             done.wait(0.2)
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, _ = proc.communicate()
     done.set()
     sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[2:4]} failed with status {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), peak
+    figures = json.loads(out.strip().splitlines()[-1])
+    # CPU seconds of the child and every descendant it (transitively) waited for
+    figures["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return figures, peak
 
 
 def _baseline(histories: str, out: str) -> dict[str, float]:
@@ -117,7 +127,7 @@ def _ray(histories: str, out: str, buckets: int, partitions: int, cpus: int) -> 
     finally:
         ray.shutdown()
     return {
-        "seconds": time.perf_counter() - started - 0.0,
+        "seconds": time.perf_counter() - started,
         "startup": started - start,
         "events": float(result.events),
         "rows": float(sum(result.rows.values())),
@@ -148,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--buckets", type=int, default=32)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="baseline/Ray pairs to run")
     parser.add_argument("--child", choices=("baseline", "ray"), help=argparse.SUPPRESS)
     parser.add_argument("--histories", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -163,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-"))
     histories = work / "history"
+    for old in [*work.glob("b[0-9]*"), *work.glob("r[0-9]*")]:
+        shutil.rmtree(old)
     if not (histories / "manifest.json").exists():
         from attune.data.simulator import GenerateConfig, generate
 
@@ -179,26 +192,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--histories", str(histories)]
-    base, base_peak = _run_child([*me, "--child", "baseline", *common, "--out", str(work / "b")])
     ray_args = ["--buckets", str(args.buckets), "--partitions", str(args.partitions)]
-    ray_argv = [*me, "--child", "ray", *common, "--out", str(work / "r"), *ray_args]
-    ray_fig, ray_peak = _run_child([*ray_argv, "--cpus", str(args.cpus)])
+    runs = []
+    for i in range(args.repeat):
+        # alternate, so that load from elsewhere on the machine hits both sides alike
+        base = _run_child([*me, "--child", "baseline", *common, "--out", str(work / f"b{i}")])
+        ray_argv = [*me, "--child", "ray", *common, "--out", str(work / f"r{i}"), *ray_args]
+        on_ray = _run_child([*ray_argv, "--cpus", str(args.cpus)])
+        runs.append((base, on_ray))
 
-    events = base["events"]
-    print(f"history: {int(events):,} events -> {int(base['rows']):,} ranking rows")
-    print(f"{'':24}{'wall s':>9}{'events/s':>12}{'peak MiB':>10}")
-    for name, fig, peak in (
-        ("single-process pandas", base, base_peak),
-        ("Ray Data", ray_fig, ray_peak),
-    ):
-        rate = events / fig["seconds"]
-        print(f"{name:24}{fig['seconds']:9.1f}{rate:12,.0f}{peak / 2**20:10,.0f}")
-    print(f"Ray start-up (not in the above): {ray_fig['startup']:.1f} s")
-    speed = base["seconds"] / ray_fig["seconds"]
-    with_start = base["seconds"] / (ray_fig["seconds"] + ray_fig["startup"])
-    print(f"Ray Data / baseline events/s: {speed:.2f}x ({with_start:.2f}x counting start-up)")
-    print(f"Ray Data / baseline peak memory: {ray_peak / base_peak:.2f}x")
-    print(f"outputs hold the same rows: {_same_rows(str(work / 'b'), str(work / 'r'))}")
+    events = runs[0][0][0]["events"]
+    print(f"history: {int(events):,} events -> {int(runs[0][0][0]['rows']):,} ranking rows")
+    print(
+        f"{'run':5}{'':24}{'wall s':>9}{'events/s':>12}{'peak MiB':>10}{'CPU s':>8}"
+        f"{'start-up s':>12}"
+    )
+    ratios, ratios_start, memory = [], [], []
+    for i, ((base, base_peak), (fig, peak)) in enumerate(runs):
+        for name, f, p in (("single-process pandas", base, base_peak), ("Ray Data", fig, peak)):
+            start = f"{f['startup']:12.1f}" if "startup" in f else ""
+            print(
+                f"{i:<5}{name:24}{f['seconds']:9.1f}{events / f['seconds']:12,.0f}"
+                f"{p / 2**20:10,.0f}{start}"
+            )
+        ratios.append(base["seconds"] / fig["seconds"])
+        ratios_start.append(base["seconds"] / (fig["seconds"] + fig["startup"]))
+        memory.append(peak / base_peak)
+    print(
+        f"Ray Data / baseline events/s, median of {len(runs)}: {statistics.median(ratios):.2f}x "
+        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}); counting Ray start-up "
+        f"{statistics.median(ratios_start):.2f}x"
+    )
+    print(f"Ray Data / baseline peak memory, median: {statistics.median(memory):.2f}x")
+    cpu = [fig["cpu"] / base["cpu"] for (base, _), (fig, _) in runs]
+    print(
+        "Ray Data / baseline CPU seconds (start-up included), median: "
+        f"{statistics.median(cpu):.2f}x"
+    )
+    same = all(_same_rows(str(work / f"b{i}"), str(work / f"r{i}")) for i in range(len(runs)))
+    print(f"outputs hold the same rows: {same}")
     return 0
 
 
