@@ -7,11 +7,16 @@ killed replica had answered but not yet written are lost, at most ``max_batch`` 
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import pytest
 
 from attune import storage
 from tests.conftest import wait_for
-from tests.faults.harness import FaultApp, Report, request_counts
+from tests.faults.harness import APP, FaultApp, Report, request_counts
+from tests.integration.serving_fixtures import rank_body
 
 pytestmark = pytest.mark.faults
 
@@ -61,3 +66,32 @@ def test_a_killed_replica_is_replaced_and_only_in_flight_requests_fail(
     assert counts["failed_first_attempt"] <= CONCURRENCY, final["first_failed"]
     assert counts["ok"] == counts["sent"]
     assert len(lost) <= MAX_BATCH, len(lost)
+
+
+def test_a_champion_that_cannot_score_answers_503_with_retry_after(
+    fault_app: FaultApp, fault_report: Report
+) -> None:
+    """The other half of the client contract: attune's own 503 says when to retry."""
+    from attune.serving.rollout import update_rollout
+
+    app = fault_app
+    broken = app.base_rollout.model_copy(update={"champion": app.versions["nan"]})
+    update_rollout(APP, lambda _: broken)
+    try:
+        request = urllib.request.Request(
+            f"{app.base}/v1/rank",
+            data=json.dumps(rank_body(5, n=3)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        body = json.loads(err.value.read())
+    finally:
+        app.reset_rollout()
+    fault_report.add(
+        "champion-unavailable",
+        injected=f"champion {app.versions['nan']} answers NaN scores",
+        counted={"status": err.value.code, "retry_after": err.value.headers["Retry-After"]},
+    )
+    assert err.value.code == 503 and err.value.headers["Retry-After"] == "1"
+    assert body["error"] == "Unavailable" and app.versions["nan"] in body["message"]
