@@ -38,3 +38,27 @@ def wait_for(
             last_exc = exc
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what or condition}: {last_exc}")
+
+
+_EXIT_STATUS: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter teardown once Ray has run in this process.
+
+    Ray's background threads (Ray Data's stats reporter, Serve's long-poll clients) can
+    outlive ray.shutdown() and crash the interpreter while it tears modules down, after
+    every result is decided and reported; exit with the session's own status instead.
+    """
+    import os
+    import sys
+
+    ray = sys.modules.get("ray")
+    if "status" in _EXIT_STATUS and ray is not None and getattr(ray, "__version__", None):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS["status"])

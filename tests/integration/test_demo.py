@@ -43,7 +43,7 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path: Path) -> None:
     answered = re.search(r"decisions answered\s*│\s*(\d+)", out)
     logged = re.search(r"primary decisions logged\s*│\s*(\d+)", out)
     assert answered and logged, out[-4000:]
-    assert int(answered.group(1)) == 240  # 60 + 60 + 2 x 60 requests, none failed
+    assert int(answered.group(1)) == 240, out[-6000:]  # 60 + 60 + 2 x 60, none failed
     assert logged.group(1) == answered.group(1)
     report = (workdir / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3

@@ -240,7 +240,7 @@ class Traffic:
         summary.facts[f"traffic: {name}"] = {
             "sent": result.sent,
             "ok": result.ok,
-            "failed": sum(result.failed.values()),
+            "failed (by HTTP status; 0 = no answer)": dict(sorted(result.failed.items())),
             "arms": dict(sorted(result.arms.items())),
             "latency p50 (ms, client)": round(result.percentile(50), 2),
             "latency p99 (ms, client)": round(result.percentile(99), 2),
