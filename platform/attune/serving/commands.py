@@ -54,9 +54,35 @@ def _rollout(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise _config_error(exc) from exc
+    if request.step == "canary" and getattr(args, "ope_decisions", None):
+        _ope_gate(args, request)
     rollout = run_step(request, registry_uri=_registry_uri(args.registry))
     _print(rollout.model_dump(mode="json"))
     return 0
+
+
+def _ope_gate(args: argparse.Namespace, request: Any) -> None:
+    """Refuse the canary when the logs already show it is worse (``--ope-*`` given)."""
+    from attune.registry import Registry
+    from attune.serving.ope_check import ope_check
+    from attune.serving.rollout import deployed_config, rollout_of
+
+    if not args.ope_outcomes:
+        raise ConfigError(field="ope_outcomes", value=None, problem="needed with --ope-decisions")
+    champion = rollout_of(deployed_config(), args.app).champion
+    check = ope_check(
+        registry=Registry(_registry_uri(args.registry)),
+        candidate=request.version,
+        champion=champion,
+        decisions_uri=args.ope_decisions,
+        outcomes_uri=args.ope_outcomes,
+    )
+    if check.decision is None:
+        _print({"ope_gate": "skipped: no logged decision with propensities"})
+        return
+    _print({"ope_gate": check.decision.to_dict(), "decisions_used": check.decisions_used})
+    if not request.override:
+        check.decision.enforce(version=request.version)
 
 
 def _serve_deploy(args: argparse.Namespace) -> int:
@@ -134,6 +160,10 @@ def register(subparsers: Any) -> None:
     canary = steps.add_parser("canary", parents=[common], help="Send a share of borrowers.")
     canary.add_argument("version", help="Version id or alias.")
     canary.add_argument("--percent", type=float, required=True, help="Share of borrowers.")
+    canary.add_argument(
+        "--ope-decisions", default=None, help="Decision log to run the off-policy gate on."
+    )
+    canary.add_argument("--ope-outcomes", default=None, help="Outcomes for the off-policy gate.")
     steps.add_parser("promote", parents=[common], help="Make the canary the champion.")
     back = steps.add_parser("rollback", parents=[common], help="Close the canary arm.")
     back.add_argument(
