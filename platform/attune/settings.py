@@ -29,9 +29,6 @@ class Settings(BaseSettings):
         description="Ray cluster to join; unset starts a local Ray in-process.",
     )
     s3_max_attempts: int = Field(default=5, ge=1, le=20, description="Attempts per S3 call.")
-    s3_backoff_s: float = Field(
-        default=0.2, gt=0, le=10, description="Initial back-off between S3 attempts (doubles)."
-    )
     borrower_salt: str = Field(
         default="attune-default-salt",
         description="Salt for hashing borrower ids in logs and metrics.",
