@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = f"{f['startup']:12.1f}" if "startup" in f else ""
             print(
                 f"{i:<5}{name:24}{f['seconds']:9.1f}{events / f['seconds']:12,.0f}"
-                f"{p / 2**20:10,.0f}{start}"
+                f"{p / 2**20:10,.0f}{f['cpu']:8.1f}{start}"
             )
         ratios.append(base["seconds"] / fig["seconds"])
         ratios_start.append(base["seconds"] / (fig["seconds"] + fig["startup"]))
