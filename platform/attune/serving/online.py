@@ -49,6 +49,10 @@ from attune.serving.online_view import OnlineFeatureStore, OnlineLookup
 log = logging.getLogger(__name__)
 
 ONLINE_NAME = "OnlineFeatures"
+#: Arrow allocates from the system allocator in this replica: its default pool keeps the
+#: pages of a snapshot load (several times the view's size) for good, and every reload
+#: would add to them (attune.serving.online_view.release_memory hands them back).
+REPLICA_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 _CATEGORIES: dict[int, type[AttuneError]] = {422: InvalidInput, 404: NotFound, 503: Unavailable}
 # Ray's own annotations of serve.batch reject methods with several arguments; it takes them.
 # No wait for more: a look-up alone is computed at once, concurrent ones together.
@@ -121,7 +125,7 @@ def _safe_id(tag: str) -> str:
     name=ONLINE_NAME,
     num_replicas=1,
     max_ongoing_requests=256,
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}},
     health_check_period_s=10,
     health_check_timeout_s=30,
     graceful_shutdown_timeout_s=20,

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from attune import storage
 from attune.data.features import MAX_WINDOW_DAYS, borrower_features, micros
@@ -54,6 +56,18 @@ _DAY_US = 86_400_000_000
 _TYPE_NAMES = np.array([*EVENT_TYPES, None], dtype=object)
 _CHANNEL_NAMES = np.array([*CHANNELS, None], dtype=object)
 _FEATURES = list(BORROWER_FEATURES)
+_EVENT_COLUMNS = ("event_id", "borrower_id", "ts", "event_type", "amount", "channel")
+_LOAN_VALUES = ("term_months", "installment", "apr")
+_COLUMN_TYPES = {
+    "borrower_id": np.int64,
+    "us": np.int64,
+    "type": np.int8,
+    "channel": np.int8,
+    "amount": np.float64,
+    "hash": np.uint64,
+}
+#: An ``events`` table as flat numpy columns (see ``_event_columns``).
+EventColumns = dict[str, np.ndarray]
 Status = str
 #: What happened to a posted event.
 STATUSES: tuple[Status, ...] = ("applied", "duplicate", "unknown_borrower", "stale")
@@ -71,8 +85,79 @@ class OnlineLookup:
     features: dict[str, float]
 
 
-def _codes(values: pd.Series, names: Sequence[str]) -> npt.NDArray[np.int8]:
-    return np.asarray(pd.Categorical(values, categories=list(names)).codes, dtype=np.int8)
+def release_memory() -> None:
+    """Hand freed memory back to the OS after a load (best effort).
+
+    A load allocates several times the view's size for a moment; without this the
+    allocators keep those pages and a replica's resident memory ratchets up with every
+    reload. glibc's ``malloc_trim`` and Arrow's pool release are both no-ops elsewhere.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _pandas(data: pd.DataFrame | pa.Table, columns: Sequence[str]) -> pd.DataFrame:
+    return data.select(list(columns)).to_pandas() if isinstance(data, pa.Table) else data
+
+
+def _arrow(events: pd.DataFrame | pa.Table) -> pa.Table:
+    if isinstance(events, pa.Table):
+        return events.select(list(_EVENT_COLUMNS))
+    return pa.Table.from_pandas(events[list(_EVENT_COLUMNS)], preserve_index=False)
+
+
+def _codes(values: pa.ChunkedArray, names: Sequence[str]) -> npt.NDArray[np.int8]:
+    """Position of each value in ``names``; -1 for null or unknown."""
+    out = [np.zeros(0, np.int8)]
+    for chunk in values.chunks:
+        if pa.types.is_dictionary(chunk.type):  # look the few distinct values up once
+            lut = np.append(_codes(pa.chunked_array([chunk.dictionary]), names), np.int8(-1))
+            out.append(lut[pc.fill_null(chunk.indices, -1).to_numpy()])
+            continue
+        strings = pc.cast(chunk, pa.string())  # an all-null column arrives as type null
+        found = pc.index_in(strings, value_set=pa.array(names, pa.string()))
+        out.append(np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int8))
+    return np.concatenate(out)
+
+
+def _hash_ids(values: pa.ChunkedArray) -> npt.NDArray[np.uint64]:
+    """64-bit FNV-1a of each string, vectorized over the Arrow buffers (no Python strings)."""
+    arr = pc.cast(values, pa.large_string()).combine_chunks()
+    if arr.null_count:
+        arr = pc.fill_null(arr, "")
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    out = np.full(len(arr), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    shortest = int(lengths.min(initial=0))
+    for j in range(shortest):  # every string has a byte here: whole-array operations
+        out = (out ^ raw[starts + j].astype(np.uint64)) * prime
+    for j in range(shortest, int(lengths.max(initial=0))):
+        live = np.flatnonzero(lengths > j)
+        out[live] = (out[live] ^ raw[starts[live] + j].astype(np.uint64)) * prime
+    return out
+
+
+def _event_columns(table: pa.Table) -> EventColumns:
+    """The flat columns of an ``events`` table (microseconds, codes, hash; NaN amounts)."""
+    ts = pc.cast(table["ts"], pa.timestamp("us", tz="UTC")) if len(table) else table["ts"]
+    amount = pc.fill_null(pc.cast(table["amount"], pa.float64()), np.nan)
+    return {
+        "borrower_id": np.asarray(table["borrower_id"].to_numpy(), dtype=np.int64),
+        "us": np.asarray(pc.cast(ts, pa.int64()).to_numpy(), dtype=np.int64),
+        "type": _codes(table["event_type"], EVENT_TYPES),
+        "channel": _codes(table["channel"], CHANNELS),
+        "amount": np.asarray(amount.to_numpy(), dtype=np.float64),
+        "hash": _hash_ids(table["event_id"]),
+    }
 
 
 def _frame(columns: dict[str, Any]) -> pd.DataFrame:
@@ -100,42 +185,47 @@ class OnlineView:
         self,
         info: SnapshotInfo,
         *,
-        features: pd.DataFrame,
-        events: pd.DataFrame,
-        borrowers: pd.DataFrame,
-        loans: pd.DataFrame,
+        features: pd.DataFrame | pa.Table,
+        events: pd.DataFrame | pa.Table | EventColumns,
+        borrowers: pd.DataFrame | pa.Table,
+        loans: pd.DataFrame | pa.Table,
         horizon_days: int = MAX_WINDOW_DAYS,
     ) -> None:
         self.info = info
         self.as_of_us = int(micros([info.as_of])[0])
         self.cutoff_us = self.as_of_us - horizon_days * _DAY_US
-        self.ids = np.unique(features["borrower_id"].to_numpy(dtype=np.int64))
-        medians = features[_FEATURES].median() if len(features) else pd.Series(0.0, _FEATURES)
+        feats = _pandas(features, ["borrower_id", *_FEATURES])
+        self.ids = np.unique(feats["borrower_id"].to_numpy(dtype=np.int64))
+        medians = feats[_FEATURES].median() if len(feats) else pd.Series(0.0, _FEATURES)
         self.defaults = {n: float(np.float32(medians[n])) for n in _FEATURES}
-        people = borrowers.drop_duplicates("borrower_id", keep="last").set_index("borrower_id")
+        people = _pandas(borrowers, ["borrower_id", "income_monthly", "income_volatility"])
+        people = people.drop_duplicates("borrower_id", keep="last").set_index("borrower_id")
         people = people.reindex(self.ids)
         self._income = people["income_monthly"].to_numpy(dtype=np.float64, na_value=np.nan)
         self._volatility = people["income_volatility"].to_numpy(dtype=np.float64, na_value=np.nan)
+        loans = _pandas(loans, ["borrower_id", "origination_ts", *_LOAN_VALUES])
         loans = loans.loc[loans["borrower_id"].isin(self.ids) & loans["origination_ts"].notna()]
         loans = loans.iloc[np.argsort(loans["borrower_id"].to_numpy(), kind="stable")]
         loan_ids = loans["borrower_id"].to_numpy(dtype=np.int64)
         self._loan_bounds = np.searchsorted(loan_ids, np.append(self.ids, np.iinfo(np.int64).max))
         self._loan_us = micros(loans["origination_ts"])
-        self._loan = {
-            c: loans[c].to_numpy(dtype=np.float64, na_value=np.nan)
-            for c in ("term_months", "installment", "apr")
-        }
-        events = events.loc[events["borrower_id"].isin(self.ids)]
-        us = micros(events["ts"])
-        order = np.lexsort((us, events["borrower_id"].to_numpy()))
-        events = events.iloc[order]
-        ev_ids = events["borrower_id"].to_numpy(dtype=np.int64)
+        self._loan = {c: loans[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in _LOAN_VALUES}
+        # Events stay in Arrow until they are flat columns: millions of rows, no Python objects.
+        columns = dict(events) if isinstance(events, dict) else _event_columns(_arrow(events))
+        _, known = self._position(columns["borrower_id"])
+        if not known.all():
+            columns = {k: v[known] for k, v in columns.items()}
+        # grouped by borrower (feature code sorts by time itself); snapshot files come in
+        # runs of whole borrowers, which a stable sort merges in near-linear time
+        order = np.argsort(columns["borrower_id"], kind="stable")
+        ev_ids = columns.pop("borrower_id")[order]  # pop: each input column goes once copied
         self._ev_bounds = np.searchsorted(ev_ids, np.append(self.ids, np.iinfo(np.int64).max))
-        self._ev_us = us[order]
-        self._ev_type = _codes(events["event_type"], EVENT_TYPES)
-        self._ev_channel = _codes(events["channel"], CHANNELS)
-        self._ev_amount = events["amount"].to_numpy(dtype=np.float64, na_value=np.nan)
-        self._ev_hash = pd.util.hash_array(events["event_id"].to_numpy(dtype=object))
+        del ev_ids
+        self._ev_us = columns.pop("us")[order]
+        self._ev_type = columns.pop("type")[order]
+        self._ev_channel = columns.pop("channel")[order]
+        self._ev_amount = columns.pop("amount")[order]
+        self._ev_hash = columns.pop("hash")[order]
         self._delta: dict[int, list[tuple[int, int, int, float]]] = {}
         self._seen: set[tuple[int, int]] = set()
         #: Frames of every non-duplicate event applied since the view was built.
@@ -149,15 +239,36 @@ class OnlineView:
         if not storage.is_complete(info.uri):
             raise StoreNotFound(uri=info.uri, problem="snapshot missing or not committed")
         manifest = storage.read_json(storage.join(info.uri, "manifest.json"))
-        parts: dict[str, pd.DataFrame] = {}
+        parts: dict[str, Any] = {}
         for part, schema in SNAPSHOT_PARTS.items():
             uri = storage.join(info.uri, part)
             if not storage.list_uris(uri):
                 raise StoreNotFound(uri=uri, problem="snapshot part missing: materialize again")
             fs, path = storage.pyarrow_filesystem(uri)
-            data = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
-            parts[part] = data.to_table().to_pandas()
-        return cls(info, horizon_days=int(manifest.get("horizon_days", MAX_WINDOW_DAYS)), **parts)
+            if part != "events":
+                parts[part] = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
+                continue
+            # batch by batch, categories read as dictionaries: the peak stays near the result
+            options = pads.ParquetFileFormat(dictionary_columns=["event_type", "channel"])
+            data = pads.dataset(path, filesystem=fs, format=options)
+            columns = {k: np.empty(data.count_rows(), t) for k, t in _COLUMN_TYPES.items()}
+            at = 0
+            batches = data.to_batches(
+                columns=list(_EVENT_COLUMNS),
+                batch_size=1 << 18,
+                fragment_readahead=1,
+                batch_readahead=1,
+            )
+            for batch in batches:
+                for key, values in _event_columns(pa.Table.from_batches([batch])).items():
+                    columns[key][at : at + len(values)] = values
+                at += batch.num_rows
+            parts[part] = columns
+        tables = {k: v.to_table() if isinstance(v, pads.Dataset) else v for k, v in parts.items()}
+        view = cls(info, horizon_days=int(manifest.get("horizon_days", MAX_WINDOW_DAYS)), **tables)
+        del parts, tables
+        release_memory()
+        return view
 
     def nbytes(self) -> int:
         """Bytes held by the snapshot columns (events applied since are not counted)."""
@@ -188,12 +299,9 @@ class OnlineView:
         """Apply an ``events`` frame (validated); returns each row's status, in order."""
         if frame.empty:
             return []
-        ids = frame["borrower_id"].to_numpy(dtype=np.int64)
-        hashes = pd.util.hash_array(frame["event_id"].to_numpy(dtype=object))
-        us = micros(frame["ts"])
-        types = _codes(frame["event_type"], EVENT_TYPES)
-        channels = _codes(frame["channel"], CHANNELS)
-        amounts = frame["amount"].to_numpy(dtype=np.float64, na_value=np.nan)
+        columns = _event_columns(_arrow(frame))
+        ids, hashes, us = columns["borrower_id"], columns["hash"], columns["us"]
+        types, channels, amounts = columns["type"], columns["channel"], columns["amount"]
         pos, known = self._position(ids)
         statuses: list[Status] = []
         for i in range(len(frame)):
