@@ -36,7 +36,8 @@ from attune.serving.events import (
     read_logged_events,
 )
 from attune.serving.online import OnlineClient, Refusal, client_for, require
-from attune.serving.online_view import OnlineFeatureStore, OnlineLookup, OnlineView
+from attune.serving.online_store import OnlineFeatureStore
+from attune.serving.online_view import OnlineLookup, OnlineView
 from tests.histories import History, make_history
 
 FEATURES = list(BORROWER_FEATURES)

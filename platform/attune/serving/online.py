@@ -44,7 +44,8 @@ from attune.serving.events import (
     EventsResponse,
     OnlineFeaturesResponse,
 )
-from attune.serving.online_view import OnlineFeatureStore, OnlineLookup
+from attune.serving.online_store import OnlineFeatureStore
+from attune.serving.online_view import OnlineLookup
 
 log = logging.getLogger(__name__)
 
