@@ -23,7 +23,7 @@ from attune.data.materialize import (
     snapshot_root,
     snapshot_rows,
 )
-from attune.data.schema import CHANNELS, EVENT_TYPES, EVENTS
+from attune.data.schema import CHANNELS, EVENT_TYPES, EVENTS, OPTION_IDS
 from attune.data.spec import BORROWER_FEATURES, default_spec
 from attune.errors import InvalidInput, NotFound, Unavailable
 from attune.serving.config import OnlineConfig
@@ -376,3 +376,65 @@ def test_the_client_raises_refusals_spec_mismatches_and_outages_as_attune_errors
     assert client_for(fake) is fake and client_for(None) is None
     with pytest.raises(NotFound):
         require(None)
+
+
+class _FakeOnline:
+    """An online view that answers fixed features (population defaults for borrower 99)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, str | None]] = []
+
+    async def lookup(self, borrower_id: int, *, spec_hash: str | None = None) -> OnlineLookup:
+        from tests.integration.serving_fixtures import borrower_state
+
+        self.asked.append((borrower_id, spec_hash))
+        return OnlineLookup(
+            borrower_id,
+            datetime.now(UTC),
+            "s1",
+            default_spec().hash,
+            borrower_id == 99,
+            borrower_state(borrower_id),
+        )
+
+
+@pytest.mark.parametrize("borrower_id", [5, 99])
+def test_a_rank_without_features_scores_the_online_features_and_names_the_snapshot(
+    borrower_id: int,
+) -> None:
+    from attune.serving.api import RankRequest
+    from attune.serving.config import RolloutConfig
+    from attune.serving.decision_log import DecisionLog, MemorySink
+    from attune.serving.features import candidate_matrix
+    from attune.serving.service import RankingService
+    from tests.integration.serving_fixtures import (
+        DictStore,
+        borrower_state,
+        model_files,
+        rank_body,
+        ranker_onnx,
+    )
+
+    online, sink = _FakeOnline(), MemorySink()
+    decisions = DecisionLog(sink=sink, writer_id="t")
+    service = RankingService(
+        store=DictStore({"champ": model_files(ranker_onnx(seed=1))}, {"champion": "champ"}),
+        rollout=RolloutConfig(),
+        decision_log=decisions,
+        borrower_salt="salt",
+        online=online,
+    )
+    body = {**rank_body(borrower_id, features=False), "borrower": None}
+    response = asyncio.run(service.rank(RankRequest.model_validate(body)))
+    assert online.asked == [(borrower_id, default_spec().hash)]
+    assert (response.feature_source, response.feature_snapshot) == ("online", "s1")
+    assert response.feature_fallback is (borrower_id == 99)
+    decisions.flush()
+    (record,) = sink.rows()
+    expected = candidate_matrix(
+        default_spec(),
+        borrower=borrower_state(borrower_id),
+        touchpoint="app",
+        option_ids=list(OPTION_IDS),
+    )
+    np.testing.assert_array_equal(np.asarray(record["features"], np.float32), expected)
