@@ -58,6 +58,7 @@ class Run:
     p99_ms: float
     rps: float
     failed: int
+    p50_range: tuple[float, float] = (0.0, 0.0)
 
 
 def _free_port() -> int:
@@ -66,6 +67,44 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _haproxy_env() -> dict[str, str]:
+    """Serve's HAProxy ingress on ports of its own.
+
+    Serve binds fixed default ports with SO_REUSEPORT (fallback proxy 8500/9500, replicas
+    from 30000/40000, stats 8404, metrics 9101): another Ray on the same host would share
+    those sockets and answer some of this run's requests. Every port is drawn fresh.
+    """
+    import random
+    import socket
+
+    rng = random.SystemRandom()
+    while True:
+        block = rng.randrange(32_000, 59_000, 1_000)
+        try:
+            for port in range(block, block + 50):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            continue
+
+    def port() -> int:
+        return next(p for p in iter(_free_port, None) if not block <= p < block + 1_000)
+
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(block + 200),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(block + 400),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(block + 600),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
 
 
 def _model(work: Path) -> tuple[Path, dict[str, Any]]:
@@ -166,10 +205,7 @@ def _serve(model: Path, body_file: Path, work: Path, args: argparse.Namespace) -
     Yields the base URL; the apps answer under ``/app`` and ``/shadow``.
     """
     if args.proxy == "haproxy":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
-        os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
+        os.environ.update(_haproxy_env())
     for pair in args.serve_env:
         key, _, value = pair.partition("=")
         os.environ[key] = value
@@ -250,6 +286,7 @@ def _rounds(targets: list[tuple[str, str]], body_file: Path, args: argparse.Name
                 p99_ms=statistics.median(r.p99_ms for r in runs),
                 rps=statistics.median(r.rps for r in runs),
                 failed=sum(r.failed for r in runs),
+                p50_range=(min(r.p50_ms for r in runs), max(r.p50_ms for r in runs)),
             )
         )
     return out
@@ -269,19 +306,23 @@ def _report(runs: list[Run], args: argparse.Namespace) -> None:
         title=f"POST /v1/rank, 8 candidates: median of {args.rounds} interleaved wrk runs "
         f"of {args.duration:g} s"
     )
-    for column in ("server", "connections", "p50 ms", "p99 ms", "req/s", "failed"):
+    for column in ("server", "conns", "p50 ms", "p50 min-max", "p99 ms", "req/s", "failed"):
         table.add_column(column, justify="right")
     for run in runs:
         table.add_row(
             run.name,
             str(run.connections),
             f"{run.p50_ms:.2f}",
+            f"{run.p50_range[0]:.2f}-{run.p50_range[1]:.2f}",
             f"{run.p99_ms:.2f}",
             f"{run.rps:,.0f}",
             str(run.failed),
         )
     console = Console()
     console.print(table)
+    console.print(
+        f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     base_1, base_n, app_1, app_n, shadow_1, shadow_n = runs
     verdicts = [
         ("p50 - baseline p50", f"{app_1.p50_ms - base_1.p50_ms:+.2f} ms", "<= 2 ms",
@@ -351,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _baseline(model, body_file) as baseline, _serve(model, body_file, work, args) as base:
             targets = [
                 ("uvicorn + ONNX Runtime", baseline),
-                (f"Serve app ({args.proxy}, {args.replicas} repl.)", f"{base}/app/v1/rank"),
+                (f"Serve app ({args.proxy} x{args.replicas})", f"{base}/app/v1/rank"),
                 ("Serve app + 100 % shadow", f"{base}/shadow/v1/rank"),
             ]
             runs = _rounds(targets, body_file, args)

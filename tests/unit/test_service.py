@@ -270,3 +270,13 @@ def test_explain_returns_reason_codes_from_the_native_booster(models: dict[str, 
         assert first is not None and first[0].code and first[0].statement
         plain = asyncio.run(service.rank(RankRequest.model_validate(rank_body(3, n=4))))
         assert all(o.reasons is None for o in plain.options)
+
+
+def test_a_failing_shadow_is_counted_and_never_touches_answers(store: DictStore) -> None:
+    h = Harness(store, RolloutConfig(shadow="nan", shadow_percent=100))
+    answers = [h.rank(rank_body(b, n=3)) for b in range(12)]
+    h.service.run_background()
+    assert {a.model_version for a in answers} == {"champ"}
+    assert h.logged("shadow") == [] and len(h.logged("primary")) == 12
+    shadow = next(m for m in h.service.status().models if m.role == "shadow")
+    assert (shadow.calls, shadow.errors) == (12, 12)

@@ -24,8 +24,10 @@ defaults come from :func:`_default_collaborators`.
 # No `from __future__ import annotations` here: Serve ships the deployment class by value,
 # and FastAPI must see the route annotations as real types, not names to resolve later.
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Annotated, Any
@@ -219,6 +221,10 @@ def _safe_id(tag: str) -> str:
 #: would contend for the GIL with the response path (the background shadow scoring then
 #: delays answers) and costs a cross-thread hop per request. Handlers never block the loop.
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+#: Niceness of the after-answer thread: on a busy host the CPU goes to answering first.
+AFTER_ANSWERS_NICE = 10
+#: How long mirrored requests gather before the after-answer thread scores them together.
+AFTER_ANSWERS_BATCH_S = 0.02
 
 
 @serve.deployment(
@@ -388,15 +394,19 @@ class RankingIngress:
 
     def _after_answers(self) -> None:
         """The worker thread: run queued shadow / paired jobs until the replica stops."""
+        with contextlib.suppress(OSError):  # lower this thread's priority only (Linux)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), AFTER_ANSWERS_NICE)
         try:
             while not self._stopping.is_set() or (
                 self._service_or_none is not None and self._service_or_none.pending
             ):
-                self._wake.wait(timeout=1.0)
+                if self._wake.wait(timeout=1.0):
+                    # Let a batch gather: one model call for many mirrored requests.
+                    self._stopping.wait(AFTER_ANSWERS_BATCH_S)
                 self._wake.clear()
                 service = self._service_or_none
                 while service is not None and service.pending:
-                    service.run_background(max_jobs=64, check=False)
+                    service.run_background(check=False)
         except BaseException as exc:  # surfaced through check_health
             log.exception("after-answer worker failed")
             self._failure = exc
