@@ -19,6 +19,7 @@ which names the file, the column and the first offending row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -56,12 +57,14 @@ OPTION_IDS: tuple[str, ...] = tuple(o.option_id for o in OPTION_CATALOG)
 #: Touchpoints on which a slate is shown.
 TOUCHPOINTS: tuple[str, ...] = ("app", "email", "sms")
 #: Outreach / engagement channels.
-CHANNELS: tuple[str, ...] = ("sms", "email", "push")
+#: Outreach / engagement channel of an event (a Literal, so HTTP schemas list them).
+Channel = Literal["sms", "email", "push"]
+CHANNELS: tuple[str, ...] = get_args(Channel)
 #: A slate shows this many options, at positions 1..SLATE_SIZE.
 SLATE_SIZE = 3
 
-#: Event types of the append-only ``events`` table.
-EVENT_TYPES: tuple[str, ...] = (
+#: Event types of the append-only ``events`` table (a Literal, so HTTP schemas list them).
+EventType = Literal[
     "installment_due",
     "payment_on_time",
     "payment_late",
@@ -81,7 +84,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "plan_broken",
     "charge_off",
     "payoff",
-)
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 #: Responses to a shown option.
 RESPONSES = {0: "ignored", 1: "engaged", 2: "completed"}

@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -38,36 +37,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, FiniteFloat, S
 
 from attune import storage
 from attune.data.materialize import ONLINE_EVENTS_DIR
-from attune.data.schema import EVENTS, validate_table
+from attune.data.schema import EVENTS, Channel, EventType, validate_table
 from attune.data.spec import BORROWER_FEATURES
 from attune.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-#: = attune.data.schema.EVENT_TYPES, spelled out so that OpenAPI lists the allowed values.
-EventType = Literal[
-    "installment_due",
-    "payment_on_time",
-    "payment_late",
-    "payment_partial",
-    "payment_missed",
-    "autopay_on",
-    "autopay_off",
-    "login",
-    "inbound_contact",
-    "outreach_sent",
-    "outreach_delivered",
-    "outreach_opened",
-    "outreach_clicked",
-    "hardship_flag",
-    "plan_offered",
-    "plan_accepted",
-    "plan_broken",
-    "charge_off",
-    "payoff",
-]
-#: = attune.data.schema.CHANNELS.
-Channel = Literal["sms", "email", "push"]
 #: Most events one request may carry (250 typical events are ~45 KB, below the ingress's
 #: 64 KiB body limit, attune.serving.api.MAX_BODY_BYTES).
 MAX_EVENTS = 250
