@@ -40,6 +40,13 @@ def test_a_breaching_canary_is_rolled_back_while_load_continues(
             return current.canary is None and app.registry.aliases().get("canary") == champ
 
         wait_for(persisted, timeout=120, what="the rollback in the app config and registry")
+
+        def champion_only() -> bool:
+            # replicas apply the persisted config through reconfigure, a moment apart
+            stats = app.replica_stats()
+            return all({m["role"] for m in s["models"]} == {"champion"} for s in stats.values())
+
+        wait_for(champion_only, timeout=60, what="every replica serving only the champion")
         stats = app.replica_stats()
         assert all({m["role"] for m in s["models"]} == {"champion"} for s in stats.values())
         rolled_back_at = time.time()

@@ -163,7 +163,13 @@ def test_prometheus_text_carries_one_psi_gauge_per_feature(reference: dict[str, 
     }
 
 
-def test_ray_gauges_are_skipped_without_ray(reference: dict[str, Any]) -> None:
+def test_ray_gauges_are_skipped_without_ray(
+    reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a connected Ray (whatever ran earlier in this process) no gauge is set."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     report = psi_report(reference, _population(200, seed=1))
     assert export_ray_gauges(report, model_version="v1") is False
 
