@@ -95,6 +95,13 @@ class ConfigError(InvalidInput):
     def __init__(self, *, field: str, value: Any, problem: str) -> None:
         super().__init__(f"{field}={value!r}: {problem}", field=field, value=value, problem=problem)
 
+    @classmethod
+    def from_validation(cls, exc: Any, *, default_field: str = "(arguments)") -> ConfigError:
+        """The first error of a pydantic ``ValidationError``, naming its field and value."""
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or default_field
+        return cls(field=field, value=first.get("input"), problem=first["msg"])
+
 
 class FeatureSpecMismatch(InvalidInput):
     def __init__(self, *, expected: Any, actual: Any, problem: str) -> None:

@@ -33,9 +33,7 @@ def _validated(model: type[_Config], values: dict[str, Any]) -> _Config:
     try:
         return model.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or model.__name__
-        raise ConfigError(field=name, value=first.get("input"), problem=first["msg"]) from exc
+        raise ConfigError.from_validation(exc, default_field=model.__name__) from exc
 
 
 # --------------------------------------------------------------------------- generate

@@ -48,8 +48,6 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         config = DemoConfig.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(field=field, value=first.get("input"), problem=first["msg"]) from exc
+        raise ConfigError.from_validation(exc) from exc
     run_demo(config)
     return 0

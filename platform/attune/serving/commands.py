@@ -19,9 +19,7 @@ from attune.errors import ConfigError
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(arguments)"
-    return ConfigError(field=field, value=first.get("input"), problem=first["msg"])
+    return ConfigError.from_validation(exc)
 
 
 def _registry_uri(explicit: str | None) -> str:
