@@ -50,6 +50,10 @@ _CLUSTER = """\
               env:
                 - {name: ATTUNE_STORE, value: "s3://attune-prod/store"}
                 - {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
+                # Online feature store (infra/kuberay/redis.yaml or a managed Redis).
+                - name: ATTUNE_REDIS_URL
+                  valueFrom:
+                    secretKeyRef: {name: attune-redis, key: url}
               envFrom:
                 - secretRef: {name: attune-s3}
                 - secretRef: {name: attune-api-token}
@@ -75,6 +79,10 @@ _CLUSTER = """\
                 env:
                   - {name: ATTUNE_STORE, value: "s3://attune-prod/store"}
                   - {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
+                  # Online feature store (infra/kuberay/redis.yaml or a managed Redis).
+                  - name: ATTUNE_REDIS_URL
+                    valueFrom:
+                      secretKeyRef: {name: attune-redis, key: url}
                 envFrom:
                   - secretRef: {name: attune-s3}
                   - secretRef: {name: attune-api-token}

@@ -1,14 +1,19 @@
-"""Shared fixtures: seeded randomness and small helpers (no Ray here)."""
+"""Shared fixtures: seeded randomness, a real Redis server and small helpers (no Ray here)."""
 
 from __future__ import annotations
 
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+import redis
+
+if TYPE_CHECKING:
+    from attune.online.server import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +43,28 @@ def wait_for(
             last_exc = exc
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what or condition}: {last_exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the session (tests get it empty through ``redis_url``)."""
+    from tests.redisserver import start_redis_server  # it imports this module
+
+    server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session server's URL after ``FLUSHALL``: every test starts with an empty Redis."""
+    if not redis_server.running:  # a test stopped or killed it
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    yield redis_server.url
 
 
 _EXIT_STATUS: dict[str, int] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -21,7 +22,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
-MANIFESTS = sorted((INFRA / "kuberay").glob("*.yaml"))
+REDIS_MANIFEST = INFRA / "kuberay/redis.yaml"
+# KubeRay custom resources; redis.yaml beside them holds plain Kubernetes objects.
+MANIFESTS = sorted(p for p in (INFRA / "kuberay").glob("*.yaml") if p != REDIS_MANIFEST)
 _CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayJob": "ray.io_rayjobs.yaml",
@@ -138,10 +141,62 @@ def test_image_and_manifests_pin_the_ray_version_of_pyproject() -> None:
 def test_no_credentials_in_manifests() -> None:
     """Store credentials come from a Secret reference, never from literal values in the repo."""
     pattern = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET_ACCESS_KEY\s*[:=]")
-    for path in [*MANIFESTS, INFRA / "Dockerfile"]:
+    for path in [*MANIFESTS, REDIS_MANIFEST, INFRA / "Dockerfile"]:
         assert not pattern.search(path.read_text()), path.name
     for path in MANIFESTS:
         assert "secretRef" in path.read_text(), f"{path.name} should take credentials from a Secret"
+
+
+def test_redis_manifest_has_a_persistent_deployment_service_and_claim() -> None:
+    """redis.yaml: a Deployment with AOF on the PVC, probed with redis-cli, behind attune-redis."""
+    docs = [d for d in yaml.safe_load_all(REDIS_MANIFEST.read_text()) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    assert {"Deployment", "Service", "PersistentVolumeClaim"} <= set(by_kind)
+
+    service = by_kind["Service"]
+    assert service["metadata"]["name"] == "attune-redis"
+    assert [p["port"] for p in service["spec"]["ports"]] == [6379]
+
+    pod = by_kind["Deployment"]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert container["image"].split(":")[0] in {"redis", "valkey/valkey"}
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert {"limits", "requests"} <= set(container["resources"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "redis-cli ping" in " ".join(container[probe]["exec"]["command"]), probe
+
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == args[args.index("--dir") + 1]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    claim = by_kind["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+
+
+def test_rayservice_containers_read_redis_url_from_the_secret() -> None:
+    """Head and worker containers take ATTUNE_REDIS_URL from Secret attune-redis, key url."""
+    cluster = _load(INFRA / "kuberay/rayservice.yaml")["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    containers = [c for g in groups for c in g["template"]["spec"]["containers"]]
+    assert len(containers) == 2
+    for container in containers:
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ATTUNE_REDIS_URL"] == {
+            "name": "ATTUNE_REDIS_URL",
+            "valueFrom": {"secretKeyRef": {"name": "attune-redis", "key": "url"}},
+        }, container["name"]
+
+
+def test_rayservice_is_rendered_from_the_script() -> None:
+    """infra/kuberay/rayservice.yaml is exactly what infra/render_rayservice.py writes."""
+    spec = importlib.util.spec_from_file_location(
+        "render_rayservice", INFRA / "render_rayservice.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (INFRA / "kuberay/rayservice.yaml").read_text() == module.render()
 
 
 def test_grafana_dashboard_parses_and_queries_attune_metrics() -> None:
