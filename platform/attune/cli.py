@@ -19,6 +19,7 @@ from attune.errors import AttuneError
 #: Modules that register sub-commands, in the order they appear in ``--help``.
 _COMMAND_MODULES: tuple[str, ...] = (
     "attune.data.commands",
+    "attune.online.commands",
     "attune.training.commands",
     "attune.registry.commands",
     "attune.serving.commands",

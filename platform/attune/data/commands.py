@@ -25,10 +25,9 @@ def register(subparsers: Any) -> None:
     """Add this stage's sub-commands to ``subparsers``."""
     _add_generate(subparsers)
     _add_preprocess(subparsers)
-    _add_features(subparsers)
 
 
-def _validated(model: type[_Config], values: dict[str, Any]) -> _Config:
+def validated(model: type[_Config], values: dict[str, Any]) -> _Config:
     """``model(**values)``, with the first validation error as a :class:`ConfigError`."""
     try:
         return model.model_validate({k: v for k, v in values.items() if v is not None})
@@ -68,7 +67,7 @@ def _add_generate(subparsers: Any) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from attune.data.simulator import GenerateConfig, generate
 
-    config = _validated(
+    config = validated(
         GenerateConfig,
         {
             "borrowers": args.borrowers,
@@ -96,7 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _ray_session() -> Iterator[None]:
+def ray_session() -> Iterator[None]:
     """Join ``RAY_ADDRESS`` (or start a local Ray) unless Ray is up; shut down what we started."""
     import ray
 
@@ -112,7 +111,7 @@ def _ray_session() -> Iterator[None]:
             ray.shutdown()
 
 
-def _add_partitioning(p: argparse.ArgumentParser) -> None:
+def add_partitioning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buckets", type=int, help="borrower hash buckets (32)")
     p.add_argument("--partitions", type=int, help="tasks reading files and computing buckets (16)")
 
@@ -130,14 +129,14 @@ def _add_preprocess(subparsers: Any) -> None:
     p.add_argument("--train-fraction", type=float, help="share of the time span (0.7)")
     p.add_argument("--valid-fraction", type=float, help="share of the time span (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of the time span (0.15)")
-    _add_partitioning(p)
+    add_partitioning(p)
     p.set_defaults(handler=_preprocess)
 
 
 def _preprocess(args: argparse.Namespace) -> int:
     from attune.data.pipeline import PreprocessConfig
 
-    config = _validated(
+    config = validated(
         PreprocessConfig,
         {
             "train_fraction": args.train_fraction,
@@ -149,7 +148,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     )
     from attune.data.pipeline import preprocess
 
-    with _ray_session():
+    with ray_session():
         result = preprocess(args.histories, args.out, config=config)
     summary = {
         "out": result.uri,
@@ -160,45 +159,4 @@ def _preprocess(args: argparse.Namespace) -> int:
         "split": result.split.to_dict(),
     }
     print(json.dumps(summary, indent=2))
-    return 0
-
-
-# --------------------------------------------------------------------------- features
-
-
-def _add_features(subparsers: Any) -> None:
-    p = subparsers.add_parser("features", help="online feature snapshots")
-    sub = p.add_subparsers(dest="features_command", required=True, metavar="ACTION")
-    m = sub.add_parser(
-        "materialize",
-        help="each borrower's latest point-in-time features, for serving",
-        description="Compute every borrower's features as of a time (default now) with the "
-        "code that builds training data, plus the recent events online updates need, and "
-        "write them under OUT/features/<spec hash>/<snapshot id>/ with latest.json.",
-    )
-    m.add_argument("--histories", required=True, help="history root (local dir or s3://)")
-    m.add_argument("--out", required=True, help="store root (local dir or s3://)")
-    m.add_argument("--as-of", help="ISO time with a zone, e.g. 2025-06-01T00:00:00Z (now)")
-    m.add_argument("--horizon-days", type=int, help="days of events kept verbatim (180)")
-    _add_partitioning(m)
-    m.set_defaults(handler=_materialize)
-
-
-def _materialize(args: argparse.Namespace) -> int:
-    from attune.data.materialize import MaterializeConfig
-
-    config = _validated(
-        MaterializeConfig,
-        {
-            "as_of": args.as_of,
-            "horizon_days": args.horizon_days,
-            "buckets": args.buckets,
-            "partitions": args.partitions,
-        },
-    )
-    from attune.data.materialize import materialize
-
-    with _ray_session():
-        info = materialize(args.histories, args.out, config=config)
-    print(json.dumps(info.to_dict(), indent=2))
     return 0

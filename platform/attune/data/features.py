@@ -713,3 +713,83 @@ def feature_matrix(df: pd.DataFrame, spec: FeatureSpec | None = None) -> npt.NDA
             expected=missing, actual=sorted(df.columns), problem="features missing from rows"
         )
     return np.ascontiguousarray(df[list(spec.names)].to_numpy(dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each group of features sits in a spec's rows (see :func:`candidate_matrix`)."""
+
+    n: int
+    borrower_cols: npt.NDArray[np.int64]
+    borrower_from: npt.NDArray[np.int64]
+    touchpoint_col: dict[str, int]
+    position_col: int
+    option_col: dict[str, int]
+
+
+_LAYOUTS: dict[str, _Layout] = {}
+
+
+def _layout(spec: FeatureSpec) -> _Layout:
+    found = _LAYOUTS.get(spec.hash)
+    if found is not None:
+        return found
+    index = {name: j for j, name in enumerate(spec.names)}
+    known = set(BORROWER_FEATURES) | set(CONTEXT_FEATURES) | set(OPTION_FEATURES)
+    unknown = [n for n in spec.names if n not in known]
+    if unknown:
+        raise FeatureSpecMismatch(
+            expected=sorted(known), actual=unknown, problem="features no candidate row defines"
+        )
+    names = [n for n in BORROWER_FEATURES if n in index]
+    layout = _Layout(
+        n=len(spec.names),
+        borrower_cols=np.array([index[n] for n in names], dtype=np.int64),
+        borrower_from=np.array([BORROWER_FEATURES.index(n) for n in names], dtype=np.int64),
+        touchpoint_col={t: index.get(f"touchpoint_{t}", -1) for t in TOUCHPOINTS},
+        position_col=index.get("position", -1),
+        option_col={o: index.get(f"opt_{o}", -1) for o in OPTION_IDS},
+    )
+    _LAYOUTS[spec.hash] = layout
+    return layout
+
+
+def candidate_matrix(
+    spec: FeatureSpec,
+    *,
+    borrower: npt.NDArray[np.float32],
+    touchpoint: str,
+    option_ids: Sequence[str],
+    position: int = 1,
+) -> npt.NDArray[np.float32]:
+    """One borrower's candidate rows in ``spec`` order, without pandas (the serving path).
+
+    ``borrower`` holds the borrower features in :data:`BORROWER_FEATURES` order; every
+    option gets the touchpoint and option one-hots and ``position`` exactly as
+    :func:`option_rows` and :func:`feature_matrix` build them (a test keeps the two
+    equal). Raises :class:`InvalidInput` for an unknown option or touchpoint.
+    """
+    layout = _layout(spec)
+    if touchpoint not in layout.touchpoint_col:
+        raise InvalidInput(
+            f"unknown touchpoint {touchpoint!r} (allowed: {', '.join(TOUCHPOINTS)})",
+            field="touchpoint",
+            value=touchpoint,
+        )
+    out = np.zeros((len(option_ids), layout.n), dtype=np.float32)
+    out[:, layout.borrower_cols] = borrower[layout.borrower_from]
+    for i, option in enumerate(option_ids):
+        col = layout.option_col.get(option)
+        if col is None:
+            raise InvalidInput(
+                f"unknown option_id {option!r} (allowed: {', '.join(OPTION_IDS)})",
+                field="option_id",
+                value=option,
+            )
+        if col >= 0:
+            out[i, col] = 1.0
+    if layout.touchpoint_col[touchpoint] >= 0:
+        out[:, layout.touchpoint_col[touchpoint]] = 1.0
+    if layout.position_col >= 0:
+        out[:, layout.position_col] = position
+    return out

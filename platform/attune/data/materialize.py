@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -163,7 +163,28 @@ def snapshot_rows(
     return feats, kept[EVENTS.names]
 
 
-def _snapshot_bucket(group: pa.Table, *, as_of: datetime, horizon_days: int) -> pa.Table:
+class BucketSink(Protocol):
+    """Receives each bucket's snapshot rows in the Ray Data worker that computed them."""
+
+    def __call__(
+        self,
+        *,
+        features: pd.DataFrame,
+        events: pd.DataFrame,
+        borrowers: pd.DataFrame,
+        loans: pd.DataFrame,
+        as_of: datetime,
+    ) -> None: ...
+
+
+def new_snapshot_id(as_of: datetime) -> str:
+    """``<as_of as YYYYmmddTHHMMSSZ>-<random>``: ids sort by time."""
+    return f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _snapshot_bucket(
+    group: pa.Table, *, as_of: datetime, horizon_days: int, sink: BucketSink | None = None
+) -> pa.Table:
     frames = unpack(group, _COLUMNS)
     # an event logged by the serving app may also reach the history later: count it once
     events = frames["events"].drop_duplicates(["borrower_id", "event_id"], keep="first")
@@ -175,6 +196,14 @@ def _snapshot_bucket(group: pa.Table, *, as_of: datetime, horizon_days: int) -> 
         horizon_days=horizon_days,
     )
     ids = feats["borrower_id"]
+    if sink is not None:
+        sink(
+            features=feats,
+            events=kept,
+            borrowers=frames["borrowers"],
+            loans=frames["loans"],
+            as_of=as_of,
+        )
     parts = {
         "features": feats,
         "events": kept,
@@ -200,7 +229,12 @@ def _unpack_part(batch: pa.Table) -> pa.Table:
 
 
 def materialize(
-    histories_uri: str, out_uri: str, *, config: MaterializeConfig | None = None
+    histories_uri: str,
+    out_uri: str,
+    *,
+    config: MaterializeConfig | None = None,
+    snapshot_id: str | None = None,
+    sink: BucketSink | None = None,
 ) -> SnapshotInfo:
     """Write a feature snapshot of the history at ``histories_uri`` under ``out_uri``.
 
@@ -208,7 +242,9 @@ def materialize(
     file, column and row; nothing is written then), computes each borrower's features
     as of ``config.as_of`` (default: now) per borrower bucket on Ray Data, commits the
     snapshot directory atomically and then moves ``latest.json`` (only forward in
-    time). Returns the snapshot's :class:`SnapshotInfo`.
+    time). ``sink`` (picklable) also gets every bucket's rows where they are computed:
+    the online store's writer (attune.online.materialize). Returns the snapshot's
+    :class:`SnapshotInfo`.
     """
     config = config or MaterializeConfig()
     as_of = config.as_of or datetime.now(timezone.utc)
@@ -220,14 +256,14 @@ def materialize(
         files, columns=_COLUMNS, buckets=config.buckets, tasks=config.partitions
     )
     root = snapshot_root(out_uri, spec.hash)
-    snapshot_id = f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    snapshot_id = snapshot_id or new_snapshot_id(as_of)
     target = storage.join(root, snapshot_id)
     computed = (
         packed.groupby("_bucket", num_partitions=config.partitions)
         .map_groups(
             _snapshot_bucket,
             batch_format="pyarrow",
-            fn_kwargs={"as_of": as_of, "horizon_days": config.horizon_days},
+            fn_kwargs={"as_of": as_of, "horizon_days": config.horizon_days, "sink": sink},
         )
         .materialize()  # one pass of feature code, every part
     )

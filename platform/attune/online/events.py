@@ -1,10 +1,10 @@
-"""Servicing events posted to the app: the HTTP models and the event log under the store.
+"""Servicing events posted to the app: the HTTP models and the durable event log.
 
 ``POST /v1/events`` takes :class:`EventsRequest`: events with the columns and domains of
 the history's ``events`` table (:data:`attune.data.schema.EVENTS`, ``EVENT_TYPES``,
 ``CHANNELS``); a unit test keeps the literals below equal to the schema's tuples. The
-online feature view applies them (:mod:`attune.serving.online`) and :class:`EventLog`
-appends them, in batches, to parquet in the history layout::
+online store applies them (:mod:`attune.online.ingest`) and :class:`EventLog` appends
+them, in batches, to parquet in the history layout::
 
     <store>/events_online/month=YYYY-MM/<writer>-<seq>-<nonce>.parquet    EVENTS schema
 
@@ -13,12 +13,14 @@ appends them, in batches, to parquet in the history layout::
 files are valid history ``events`` files, so merging them into a history for
 retraining is a copy into ``<history>/events/``.
 
-Loss window. An event is acknowledged once the online view holds it and it sits in the
-log's buffer; the buffer is written when it holds ``max_batch`` events or its oldest is
-``max_age_s`` old, and on replica shutdown. A replica killed without a graceful shutdown
-loses at most that much from the store (the online view it kept dies with it). While the
-store fails, events stay buffered up to ``max_buffer``; beyond it new events are refused
-with 503 (nothing is applied), so clients retry them later (posting is idempotent).
+Loss window. An event is acknowledged once it is in the online store (or, while that
+is down, in the replica's backlog) and in the log's buffer; the buffer is written when
+it holds ``max_batch`` events or its oldest is ``max_age_s`` old, and on replica
+shutdown. A replica killed without a graceful shutdown loses at most that buffer from
+the durable log (events already applied to the online store stay there). While the
+artifact store fails, events stay buffered up to ``max_buffer``; beyond it new events
+are refused with 503 (nothing is applied), so clients retry them later (posting is
+idempotent).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -83,26 +86,38 @@ class EventsRequest(BaseModel):
 class EventsResponse(BaseModel):
     """What happened to the posted events (each is counted once)."""
 
-    applied: int = Field(description="Applied to the online view and stored.")
+    applied: int = Field(description="Applied to the online store and logged.")
     duplicates: int = Field(description="Already seen (same borrower and event id): ignored.")
     unknown_borrowers: int = Field(
-        description="Stored but not applied: the borrower is not in the snapshot."
+        description="Of the applied: borrowers the snapshot does not know (their loan and "
+        "income features take the missing value, -1)."
     )
     stale: int = Field(
-        description="Stored but not applied: older than the snapshot's horizon of kept events."
+        description="Logged but not applied: older than the snapshot's horizon of kept events."
     )
-    snapshot_id: str = Field(description="Snapshot the online view serves.")
+    pending: int = Field(
+        default=0,
+        description="Accepted and logged while the online store is down; applied when it is back.",
+    )
+    snapshot_id: str | None = Field(
+        description="Online snapshot the events were applied to (null when pending)."
+    )
 
 
 class OnlineFeaturesResponse(BaseModel):
-    """A borrower's features as the online view computes them."""
+    """A borrower's features as the online store computes them."""
 
     borrower_id: int = Field(description="Borrower id.")
     as_of: datetime = Field(description="Features use events strictly before this time.")
     snapshot_id: str = Field(description="Snapshot the features were computed from.")
     spec_hash: str = Field(description="Feature-spec hash of the snapshot.")
     fallback: bool = Field(
-        description="True when the borrower is unknown: population defaults (snapshot medians)."
+        description="True when some features are defaults (see fallback_reason)."
+    )
+    fallback_reason: Literal["unknown_borrower", "no_profile"] | None = Field(
+        default=None,
+        description="unknown_borrower: nothing is known, population defaults (snapshot "
+        "medians); no_profile: only posted events are known, loan and income features are -1.",
     )
     features: dict[str, float] = Field(
         description=f"One value per borrower feature ({len(BORROWER_FEATURES)})."

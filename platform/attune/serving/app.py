@@ -33,8 +33,9 @@ def build_app(args: AppArgs) -> Application:
 
     ``args.rollout`` becomes the ingress's initial ``user_config``; a config file's
     ``deployments[].user_config`` overrides it (and ``attune rollout`` edits that one).
-    With ``args.online`` the app has a second deployment, ``OnlineFeatures``
-    (attune.serving.online), which the ingress calls for requests without features.
+    With ``args.online`` the ingress reads the Redis online store itself; without a
+    configured URL (a local store) the app runs a ``LocalRedis`` deployment that owns a
+    local ``redis-server`` (attune.online.deployment).
     """
     from attune.serving.ingress import RankingIngress
 
@@ -43,10 +44,10 @@ def build_app(args: AppArgs) -> Application:
     app = ingress.options(user_config=args.rollout.model_dump(mode="json"))
     if args.online is None:
         return app.bind(args)
-    from attune.serving.online import OnlineFeatures
+    from attune.online.deployment import bind_local, redis_url
 
-    online: Any = OnlineFeatures
-    return app.bind(args, online=online.bind(args.online, args.store_uri()))
+    url = redis_url(args.online.redis_url, args.store_uri())
+    return app.bind(args, online=url if url is not None else bind_local(args.store_uri()))
 
 
 def app_config(

@@ -83,20 +83,29 @@ class DecisionLogConfig(BaseModel):
 
 
 class OnlineConfig(BaseModel):
-    """The online feature view: a second deployment (see attune.serving.online)."""
+    """Online features from the Redis-protocol online store (see attune.online)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    redis_url: str | None = Field(
+        default=None,
+        pattern=r"^(redis|rediss|unix)://",
+        description="Online store URL; default ATTUNE_REDIS_URL, else (local store only) a "
+        "redis-server the app starts with its data under <store>/redis.",
+    )
     spec_hash: str | None = Field(
         default=None,
-        min_length=1,
+        pattern=r"^[0-9a-f]{8,64}$",
         description="Feature spec whose snapshots are served; default: this code's spec.",
     )
-    reload_interval_s: float = Field(
-        default=30.0, gt=0, le=3600, description="How often the latest snapshot is looked for."
+    timeout_s: float = Field(
+        default=0.5, gt=0, le=30, description="Redis connect/read timeout on the request path."
     )
-    max_batch_size: int = Field(
-        default=64, ge=1, le=1024, description="Concurrent look-ups computed in one call."
+    max_connections: int = Field(
+        default=64, ge=1, le=10_000, description="Redis connections per ingress replica."
+    )
+    pointer_ttl_s: float = Field(
+        default=1.0, gt=0, le=60, description="How long a replica trusts the snapshot pointer."
     )
     events_max_batch: int = Field(
         default=1000, ge=1, le=100_000, description="Posted events per file in the store."

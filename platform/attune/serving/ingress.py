@@ -5,10 +5,10 @@ platform every extra deployment hop behind the ingress costs an actor round trip
 (~2 ms), more than the whole ranking. The replica runs a :class:`RankingService`;
 this module only adapts it to HTTP and to Serve's life cycle:
 
-* ``POST /v1/rank``, ``GET /v1/healthz``, ``GET /v1/models``, and with an online feature
-  view (:mod:`attune.serving.online`) ``POST /v1/events`` and
-  ``GET /v1/features/{borrower_id}``; OpenAPI at ``/openapi.json``. Validation errors
-  are 422 naming the field (FastAPI), bodies over
+* ``POST /v1/rank``, ``GET /v1/healthz``, ``GET /v1/models``, and with online features
+  (:mod:`attune.online`: the replica reads and writes the Redis online store itself)
+  ``POST /v1/events`` and ``GET /v1/features/{borrower_id}``; OpenAPI at
+  ``/openapi.json``. Validation errors are 422 naming the field (FastAPI), bodies over
   :data:`~attune.serving.api.MAX_BODY_BYTES` are 413, and every
   :class:`~attune.errors.AttuneError` answers its ``status_code`` with ``to_dict()``.
 * ``reconfigure(user_config)`` applies a :class:`RolloutConfig` (models are loaded in
@@ -41,7 +41,9 @@ from pydantic import AwareDatetime, ValidationError
 from ray import serve
 
 from attune import __version__
-from attune.errors import AttuneError, Unavailable
+from attune.errors import AttuneError, NotFound, Unavailable
+from attune.online.deployment import OnlineAccess
+from attune.online.events import EventsRequest, EventsResponse, OnlineFeaturesResponse
 from attune.serving import auth
 from attune.serving.api import (
     MAX_BODY_BYTES,
@@ -53,9 +55,7 @@ from attune.serving.api import (
 )
 from attune.serving.config import AppArgs, RolloutConfig
 from attune.serving.decision_log import DecisionLog, ParquetSink
-from attune.serving.events import EventsRequest, EventsResponse, OnlineFeaturesResponse
-from attune.serving.online import client_for, require
-from attune.serving.service import Explainer, OnlineFeatures, RankingService
+from attune.serving.service import Explainer, RankingService
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,12 @@ def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
 
 
 # Serve captures the class at decoration time: helpers it uses must be defined above it.
+def _require(online: OnlineAccess | None) -> OnlineAccess:
+    if online is None:
+        raise NotFound("this app has no online features (AppArgs.online is not set)")
+    return online
+
+
 def _log_errors(fn: Callable[..., Any]) -> Callable[..., None]:
     def run(**kwargs: Any) -> None:
         try:
@@ -243,19 +249,32 @@ class RankingIngress:
         self,
         args: AppArgs,
         *,
-        online: OnlineFeatures | None = None,
+        online: Any = None,
         explainer: Explainer | None = None,
     ) -> None:
-        """``online``: the online feature view; ``explainer``: reason codes (default: TreeSHAP
-        of each version's native booster, attune.serving.explain)."""
+        """``online``: where the online store is (with ``args.online``): its URL, the
+        LocalRedis deployment's handle, or an OnlineStore; ``explainer``: reason codes
+        (default: TreeSHAP of each version's native booster, attune.serving.explain)."""
         self._tasks: list[asyncio.Task[None]] = []
-        online = self._online = client_for(online)  # Serve hands in a DeploymentHandle
         self._decision_log: DecisionLog | None = None
         context = serve.get_replica_context()
         self._args = args
         self._app_name = context.app_name
         auth.configure(args.auth)  # first: a required but missing token fails the deploy
-        collaborators = _default_collaborators(args, _safe_id(context.replica_tag))
+        replica_id = _safe_id(context.replica_tag)
+        self._online: OnlineAccess | None = None
+        if args.online is not None:
+            from attune.online.ingest import RayOnlineMetrics
+
+            self._online = OnlineAccess(
+                args.online,
+                source=online,
+                store_uri=args.store_uri(),
+                writer_id=replica_id,
+                metrics=RayOnlineMetrics(),
+            )
+        online = self._online
+        collaborators = _default_collaborators(args, replica_id)
         if explainer is not None:
             collaborators["explainer"] = explainer
         self._decision_log = collaborators["decision_log"]
@@ -311,6 +330,9 @@ class RankingIngress:
         if self._decision_log is not None:
             written = await asyncio.to_thread(self._decision_log.flush)
             log.info("shutdown: flushed %d decisions (%s)", written, self._decision_log.stats())
+        if self._online is not None:
+            events = await self._online.close()
+            log.info("shutdown: wrote %d posted events", events)
 
     # ------------------------------------------------------------------ routes
 
@@ -354,8 +376,8 @@ class RankingIngress:
 
     @api.post("/v1/events", response_model=EventsResponse, responses=_ERRORS, dependencies=_AUTH)
     async def events(self, request: EventsRequest) -> EventsResponse:
-        """Apply servicing events to the online features (idempotent by event id); store them."""
-        return await require(self._online).post(request)
+        """Apply servicing events to the online store (idempotent by event id); log them."""
+        return await _require(self._online).post(request)
 
     @api.get(
         "/v1/features/{borrower_id}",
@@ -369,7 +391,7 @@ class RankingIngress:
         as_of: Annotated[AwareDatetime | None, Query(description="Default: now.")] = None,
     ) -> OnlineFeaturesResponse:
         """A borrower's online features as of a time (the ones /v1/rank would use then)."""
-        return await require(self._online).features(borrower_id, as_of)
+        return await _require(self._online).features(borrower_id, as_of)
 
     # ------------------------------------------------------------------ background work
 
@@ -419,6 +441,8 @@ class RankingIngress:
                 self._service_or_none.check_guardrail()
             if self._decision_log is not None and self._decision_log.due():
                 await asyncio.to_thread(self._decision_log.flush)
+            if self._online is not None:
+                await self._online.tick()
 
     def _after_rollback(
         self, version: str, reasons: tuple[str, ...], breached: RolloutConfig

@@ -35,6 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from attune.errors import AttuneError, FeatureSpecMismatch, InvalidInput, Unavailable
+from attune.online.redis_store import OnlineLookup
 from attune.serving.api import (
     ArmStatus,
     FeatureSource,
@@ -51,16 +52,15 @@ from attune.serving.features import candidate_matrix
 from attune.serving.guardrails import Guardrail, Verdict
 from attune.serving.metrics import NullMetrics, ServingMetrics
 from attune.serving.model import ModelStore, OnnxScorer
-from attune.serving.online_view import OnlineLookup
 from attune.serving.traffic import Arm, TrafficSplit, hash_borrower
 
 log = logging.getLogger(__name__)
 
 
 class OnlineFeatures(Protocol):
-    """A borrower's features as of now by id (the online view, attune.serving.online).
+    """A borrower's features as of now by id (the online store, attune.online).
 
-    An unknown borrower gets population defaults flagged ``fallback``; a view of another
+    An unknown borrower gets population defaults flagged ``fallback``; a store of another
     feature spec than ``spec_hash`` raises Unavailable.
     """
 
@@ -285,13 +285,13 @@ class RankingService:
             arm=arm,
             feature_source=source,
             feature_snapshot=online.snapshot_id if online else None,
-            feature_fallback=online.fallback if online else None,
+            feature_fallback=online.fallback is not None if online else None,
             options=ranked,
         )
 
     async def _borrower_state(
         self, request: RankRequest, spec_hash: str
-    ) -> tuple[Mapping[str, float] | None, OnlineLookup | None]:
+    ) -> tuple[Mapping[str, float] | np.ndarray | None, OnlineLookup | None]:
         if request.feature_source == "request":
             return None, None
         if request.borrower is not None:
@@ -303,10 +303,13 @@ class RankingService:
                 field="borrower",
             )
         found = await self._online.lookup(request.borrower_id, spec_hash=spec_hash)
-        return found.features, found
+        return found.values, found
 
     def _rows(
-        self, request: RankRequest, scorer: OnnxScorer, borrower: Mapping[str, float] | None
+        self,
+        request: RankRequest,
+        scorer: OnnxScorer,
+        borrower: Mapping[str, float] | np.ndarray | None,
     ) -> np.ndarray:
         spec = scorer.spec
         if borrower is not None:
