@@ -170,9 +170,13 @@ class SnapshotMeta:
         )
 
 
-def _client_options(timeout_s: float) -> dict[str, Any]:
+def _client_options(timeout_s: float, *, asyncio: bool = False) -> dict[str, Any]:
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
+
+    if asyncio:
+        from redis.asyncio.retry import Retry
+    else:
+        from redis.retry import Retry  # type: ignore[assignment]
 
     # One quick retry at most: a request must fail fast (503) rather than wait on a dead server.
     return {
@@ -391,7 +395,7 @@ class RedisOnlineStore:
         self.url, self.spec_hash = url, spec_hash
         self.root = root_key(spec_hash, prefix)
         self._redis = aioredis.Redis.from_url(
-            url, max_connections=max_connections, **_client_options(timeout_s)
+            url, max_connections=max_connections, **_client_options(timeout_s, asyncio=True)
         )
         self._apply = self._redis.register_script(_APPLY)
         self._pointer_ttl_s = pointer_ttl_s
