@@ -8,9 +8,10 @@ keyspace. The driver then commits (:class:`~attune.online.redis_store.SnapshotKe
 meta with the population defaults (feature medians), a replay of the events posted
 while the snapshot was built, the pointer switch, and the old keyspace's expiry.
 
-Events posted while a snapshot is built are in the old keyspace (served meanwhile) and
-queued for the new one; those dated at or after the snapshot time are replayed into it
-at the switch (the snapshot holds those before it, from the durable event log). An
+Posted events dated at or after the snapshot time (the snapshot holds those before it,
+from the history and the durable event log) are applied to the new keyspace before the
+switch: those already in the durable log, and, at the switch itself, those posted while
+it was built (queued by the event script). Both paths are idempotent by event id. An
 event dated before the snapshot time that arrives during the build reaches online
 state with the next snapshot (it is in the durable log).
 """
@@ -37,6 +38,7 @@ from attune.data.materialize import (
 )
 from attune.data.spec import BORROWER_FEATURES, default_spec
 from attune.online import state as packed
+from attune.online.events import read_logged_events
 from attune.online.redis_store import SnapshotKeyspace, SnapshotMeta, SnapshotWriter, micros
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,11 @@ def materialize_online(
                 borrowers=info.borrowers,
                 defaults=defaults_of(info),
             )
+            # posted events dated at or after the snapshot time, logged before the build
+            logged = read_logged_events(out_uri, since=as_of)
+            carried = keyspace.apply_into(meta, list(logged.itertuples(index=False)))
             previous, replayed = keyspace.commit(meta)
+            replayed += carried
         except BaseException:
             keyspace.abort(snapshot_id)
             raise

@@ -88,6 +88,19 @@ end
 return out
 """
 )
+# No KEYS. ARGV: keyspace, ttl, then (borrower, event id, ts µs, record, header)*: apply
+# into one snapshot's keyspace (logged events replayed into a snapshot being built).
+_APPLY_INTO = (
+    _APPLY_ONE
+    + """
+local out = {}
+for i = 3, #ARGV, 5 do
+  out[#out + 1] = apply(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4],
+                        tonumber(ARGV[2]))
+end
+return out
+"""
+)
 # KEYS: current, next. ARGV: root, snapshot id, as_of µs, ttl. Returns {old id or '', replayed}.
 _COMMIT = (
     _APPLY_ONE
@@ -285,6 +298,24 @@ class SnapshotKeyspace:
         if self._redis.get(f"{self.root}:next") in (snapshot_id, snapshot_id.encode()):
             self._redis.delete(f"{self.root}:next")
         self.expire(snapshot_id, 0)
+
+    def apply_into(self, meta: SnapshotMeta, events: Sequence[Any], chunk: int = 500) -> int:
+        """Apply events (ServicingEvent-like) to a snapshot being built; returns how many
+        were new. Used for the durable log's events dated at or after the snapshot time."""
+        new = 0
+        for at in range(0, len(events), chunk):
+            args, _ = _apply_args(events[at : at + chunk], meta.cutoff_us)
+            if not args:
+                continue
+            result = self._redis.eval(
+                _APPLY_INTO,
+                0,
+                f"{self.root}:{meta.snapshot_id}",
+                str(meta.horizon_days * _DAY_S),
+                *args,
+            )
+            new += sum(1 for code in result if int(code) > 0)
+        return new
 
     def commit(self, meta: SnapshotMeta) -> tuple[str | None, int]:
         """Write ``meta``, replay events posted meanwhile, switch the pointer (atomically).
@@ -489,20 +520,13 @@ class RedisOnlineStore:
 
         meta = await self.snapshot()
         statuses: list[str] = ["stale"] * len(events)
-        args: list[Any] = [self.root, str(meta.horizon_days * _DAY_S)]
-        sent: list[int] = []
-        for i, event in enumerate(events):
-            us = micros(event.ts)
-            if us < meta.cutoff_us:
-                continue
-            sent.append(i)
-            args += [str(event.borrower_id), event.event_id, str(us), _record(event, us),
-                     packed.no_profile()]  # fmt: skip
+        args, sent = _apply_args(events, meta.cutoff_us)
         if not sent:
             return statuses, meta.snapshot_id
         try:
             result = await self._apply(
-                keys=[f"{self.root}:current", f"{self.root}:next"], args=args
+                keys=[f"{self.root}:current", f"{self.root}:next"],
+                args=[self.root, str(meta.horizon_days * _DAY_S), *args],
             )
         except redis.RedisError as exc:
             raise unavailable(exc, self.url) from exc
@@ -515,6 +539,20 @@ class RedisOnlineStore:
         return statuses, meta.snapshot_id
 
 
+def _apply_args(events: Sequence[Any], cutoff_us: int) -> tuple[list[Any], list[int]]:
+    """The scripts' 5 arguments per event not older than ``cutoff_us``, and their indices."""
+    args: list[Any] = []
+    sent: list[int] = []
+    for i, event in enumerate(events):
+        us = micros(event.ts)
+        if us < cutoff_us:
+            continue
+        sent.append(i)
+        args += [str(event.borrower_id), event.event_id, str(us), _record(event, us),
+                 packed.no_profile()]  # fmt: skip
+    return args, sent
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -523,7 +561,7 @@ def _record(event: Any, us: int) -> bytes:
     from attune.data.schema import CHANNELS, EVENT_TYPES
 
     kind = EVENT_TYPES.index(event.event_type)
-    channel = CHANNELS.index(event.channel) if event.channel is not None else -1
+    channel = CHANNELS.index(event.channel) if isinstance(event.channel, str) else -1
     amount = event.amount if event.amount is not None and event.amount > 0 else 0.0
     codes = packed.encode_codes(np.array([kind], np.int8), np.array([channel], np.int8))
     cents = np.array([round(amount * 100.0)], dtype=np.int64)
