@@ -13,9 +13,13 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_end_to_end_and_writes_the_report(tmp_path: Path) -> None:
-    """The demo exits 0, every served decision is logged, and the report embeds its plots."""
-    workdir = tmp_path / "demo"
+def test_demo_runs_end_to_end_and_then_serve_run_local_yaml_serves_its_state(
+    tmp_path: Path,
+) -> None:
+    """The demo exits 0, every served decision is logged, the report embeds its plots; then
+    ``serve run serve_configs/local.yaml`` in the same checkout serves the demo's champion
+    and online state: an id-only rank answers, and a posted payment shows at once."""
+    workdir = tmp_path / ".attune"
     attune = Path(sys.executable).with_name("attune")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
     proc = subprocess.run(
@@ -48,3 +52,68 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path: Path) -> None:
     report = (workdir / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3
     assert "lift over time" in report
+    assert re.search(r"pay_on_time_30 before → after\s*│\s*(\d+) → (\d+)", out), out[-4000:]
+    before, after = map(
+        int, re.findall(r"pay_on_time_30 before → after\s*│\s*(\d+) → (\d+)", out)[0]
+    )
+    assert after == before + 1
+    borrower = re.search(r"│ borrower\s*│\s*(\d+)", out)
+    assert borrower, out[-4000:]
+    _serve_run_local_yaml_answers_by_id(tmp_path, env, int(borrower.group(1)))
+
+
+def _serve_run_local_yaml_answers_by_id(checkout: Path, env: dict[str, str], borrower: int) -> None:
+    import signal
+    from datetime import UTC, datetime
+
+    import yaml
+
+    from tests.conftest import free_port
+    from tests.integration.serving_fixtures import http, wait_http_ok
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "serve_configs/local.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    (checkout / "serve_configs").mkdir()
+    (checkout / "serve_configs/local.yaml").write_text(yaml.safe_dump(config))
+    # its own Ray ("-a local") and Serve's defaults, as a newcomer would run it
+    clean = {k: v for k, v in env.items() if not k.startswith(("RAY_SERVE_", "ATTUNE_REDIS"))}
+    log = (checkout / "serve-run.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "serve"), "run", "-a", "local",
+         "serve_configs/local.yaml"],
+        cwd=checkout,
+        env=clean,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{base}/v1/healthz", timeout=240)
+        ask = {
+            "borrower_id": borrower,
+            "context": {"touchpoint": "app"},
+            "candidates": [{"option_id": "autopay_enroll"}, {"option_id": "pay_now"}],
+        }
+        ranked = http("POST", f"{base}/v1/rank", ask)
+        assert ranked.status == 200, ranked
+        assert ranked.body["feature_source"] == "online" and ranked.body["feature_snapshot"]
+        before = http("GET", f"{base}/v1/features/{borrower}").body["features"]
+        payment = {
+            "event_id": "serve-run-payment",
+            "borrower_id": borrower,
+            "ts": datetime.now(UTC).isoformat(),
+            "event_type": "payment_on_time",
+            "amount": 80.0,
+        }
+        assert http("POST", f"{base}/v1/events", {"events": [payment]}).body["applied"] == 1
+        after = http("GET", f"{base}/v1/features/{borrower}").body["features"]
+        assert after["pay_on_time_30"] == before["pay_on_time_30"] + 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()

@@ -1,9 +1,10 @@
 """Online features over real HTTP: snapshot + POST /v1/events == preprocess, value for value.
 
-One app for the module (ingress + ``OnlineFeatures``, deployed from a config on the
-session's two-node cluster); snapshots and the event log live on the session's S3
-server. The history is simulator data (200 borrowers x 3 months): its events up to
-``T0`` reach the app through a snapshot, the rest through ``POST /v1/events``.
+One app for the module (two ingress replicas on the session's two-node cluster, each
+reading and writing the session's real Redis server directly); the parquet snapshot and
+the durable event log live on the session's S3 server. The history is simulator data
+(200 borrowers x 3 months): its events up to ``T0`` reach the app through a snapshot
+(``attune features materialize`` into Redis), the rest through ``POST /v1/events``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from attune.data.materialize import (
     ONLINE_EVENTS_DIR,
     MaterializeConfig,
     SnapshotInfo,
-    materialize,
     read_snapshot,
 )
 from attune.data.pipeline import SPLITS, PreprocessConfig, preprocess
@@ -34,8 +34,9 @@ from attune.data.reader import read_history
 from attune.data.schema import EVENTS, OPTION_IDS
 from attune.data.simulator import GenerateConfig, generate
 from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES
+from attune.online.events import MAX_EVENTS
+from attune.online.materialize import materialize_online
 from attune.serving.config import RolloutConfig
-from attune.serving.events import MAX_EVENTS
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import (
     HttpResult,
@@ -62,6 +63,7 @@ class Online:
     snapshot: SnapshotInfo
     offline: pd.DataFrame  # preprocess rows, one per presentation
     events: pd.DataFrame  # the history's events
+    redis_url: str
 
     def features(self, borrower_id: int, as_of: pd.Timestamp | None = None) -> HttpResult:
         query = f"?as_of={urllib.parse.quote(as_of.isoformat())}" if as_of is not None else ""
@@ -116,7 +118,9 @@ def _offline_rows(history: str, out: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def online(ray_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Online]:
+def online(
+    ray_cluster: object, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Online]:
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
@@ -138,9 +142,15 @@ def online(ray_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Ite
     bucket = f"online-{np.random.default_rng(3).integers(1 << 30):x}"
     storage.s3_client().create_bucket(Bucket=bucket)
     store = f"s3://{bucket}/store"
-    snapshot = materialize(
-        history, store, config=MaterializeConfig(as_of=t0.to_pydatetime(), buckets=4, partitions=2)
-    )
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    snapshot = materialize_online(
+        history,
+        store,
+        redis_url=redis_server.url,
+        config=MaterializeConfig(as_of=t0.to_pydatetime(), buckets=4, partitions=2),
+    ).info
     registry = Registry(str(work / "registry"))
     champ = registry.register(model_files(ranker_onnx(seed=1)), metadata={"name": "online"})
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
@@ -149,9 +159,13 @@ def online(ray_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "registry": registry.uri,
         "store": store,
         "decision_log": {"max_batch": 200, "max_age_s": 0.5},
-        "online": {"reload_interval_s": 0.5, "events_max_age_s": 0.5},
+        "online": {"redis_url": redis_server.url, "events_max_age_s": 0.5},
     }
-    ingress = {"num_replicas": 1, "user_config": RolloutConfig(champion=champ).model_dump()}
+    ingress = {
+        "num_replicas": 2,
+        "ray_actor_options": {"num_cpus": 0.5},
+        "user_config": RolloutConfig(champion=champ).model_dump(),
+    }
     mine = app_config(args, name=APP, route_prefix=PREFIX, ingress=ingress)
     current = deployed_config().model_dump(exclude_unset=True)
     others = [a for a in current.get("applications", []) if a["name"] != APP]
@@ -159,7 +173,7 @@ def online(ray_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Ite
     base = f"http://127.0.0.1:{port}{PREFIX}"
     wait_http_ok(f"{base}/v1/healthz")
     events = read_history(history, tables=("events",))["events"]
-    yield Online(base, store, history, snapshot, offline, events)
+    yield Online(base, store, history, snapshot, offline, events, redis_server.url)
     serve.delete(APP)
 
 
@@ -204,7 +218,7 @@ def test_online_features_equal_preprocess_for_the_same_borrowers_and_times(
     assert (frozen.to_numpy(dtype=np.float32) != got).any(axis=1).mean() > 0.5
 
 
-def test_rank_by_borrower_id_uses_the_online_view_and_names_the_snapshot(
+def test_rank_by_borrower_id_uses_the_online_store_and_names_the_snapshot(
     online: Online,
 ) -> None:
     borrower = int(online.offline["borrower_id"].iloc[0])
@@ -255,7 +269,7 @@ def test_an_unknown_borrower_gets_the_flagged_fallback(online: Online) -> None:
     found = online.features(UNKNOWN).body
     feats, _ = read_snapshot(online.snapshot)
     medians = feats[FEATURES].median()
-    assert found["fallback"] is True
+    assert found["fallback"] is True and found["fallback_reason"] == "unknown_borrower"
     assert found["features"] == {n: float(np.float32(medians[n])) for n in FEATURES}
 
 
@@ -333,11 +347,12 @@ def test_a_newer_snapshot_is_swapped_in_under_load_without_dropping_a_request(
     try:
         times = online.offline["ts"].unique()
         t1 = pd.Timestamp(times[len(times) * 4 // 5])
-        newer = materialize(
+        newer = materialize_online(
             online.history,
             online.store,
+            redis_url=online.redis_url,
             config=MaterializeConfig(as_of=t1.to_pydatetime(), buckets=4, partitions=2),
-        )
+        ).info
         wait_for(
             lambda: any(s == newer.snapshot_id for _, s in results[-5:]),
             timeout=90,
@@ -352,7 +367,7 @@ def test_a_newer_snapshot_is_swapped_in_under_load_without_dropping_a_request(
     assert statuses == {200}, [r for r in results if r[0] != 200][:5]
     snapshots = [s for _, s in results]
     assert online.snapshot.snapshot_id in snapshots and newer.snapshot_id in snapshots
-    # posted events carried over (or read back by materialize): still equal to preprocess
+    # posted events dated after t1 carried over from the durable log: still equal to preprocess
     later = online.offline[online.offline["ts"] >= t1]
     sample = later.sample(n=min(len(later), 60), random_state=1)
     got = _online_matrix(online, sample)
@@ -367,3 +382,49 @@ def _rows(root: str) -> int:
             fs, path = storage.pyarrow_filesystem(uri)
             total += pq.read_metadata(path, filesystem=fs).num_rows
     return total
+
+
+def test_replicas_on_both_nodes_see_the_same_state_after_events_posted_to_either(
+    online: Online,
+) -> None:
+    """Two ingress replicas, one Redis: a post to either is seen by both at once."""
+    borrower = int(online.offline["borrower_id"].iloc[2])
+    start = online.features(borrower).body["features"]["logins_30"]
+    posted_by: set[str] = set()
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    for i in range(40):
+        login = {
+            "event_id": f"login-{borrower}-{i}",
+            "borrower_id": borrower,
+            "ts": (at + timedelta(milliseconds=i)).isoformat(),
+            "event_type": "login",
+        }
+        result = online.post([login])
+        assert result.status == 200 and result.body["applied"] == 1, result
+        posted_by.add(result.body["replica"])
+        if len(posted_by) == 2 and i >= 9:
+            break
+    assert len(posted_by) == 2, "every post reached the same replica"
+    answers = [online.features(borrower).body for _ in range(40)]
+    assert {a["replica"] for a in answers} == posted_by
+    seen = {(a["replica"], a["snapshot_id"], a["features"]["logins_30"]) for a in answers}
+    assert {a["features"]["logins_30"] for a in answers} == {start + i + 1}, seen
+
+
+def test_a_borrower_first_seen_through_events_gets_state_from_them(online: Online) -> None:
+    newcomer = UNKNOWN + 7
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    events = [
+        {"event_id": "n-pay", "borrower_id": newcomer, "ts": now.isoformat(),
+         "event_type": "payment_on_time", "amount": 120.0},
+        {"event_id": "n-login", "borrower_id": newcomer, "ts": now.isoformat(),
+         "event_type": "login"},
+    ]  # fmt: skip
+    result = online.post(events)
+    assert (result.body["applied"], result.body["unknown_borrowers"]) == (2, 2), result
+    found = online.features(newcomer).body
+    assert found["fallback"] is True and found["fallback_reason"] == "no_profile"
+    assert found["features"]["pay_on_time_30"] == 1 and found["features"]["logins_30"] == 1
+    assert found["features"]["apr"] == -1.0 and found["features"]["balance"] == -1.0
+    ranked = online.rank(newcomer).body
+    assert ranked["feature_fallback"] is True and ranked["feature_source"] == "online"

@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
         description="generate → preprocess → tune → export → register → serve → shadow → "
         "canary → traffic → A/B analysis → drift, on a local Ray with a local store.",
     )
-    parser.add_argument("--workdir", default=None, help="Store root (default .attune/demo).")
+    parser.add_argument("--workdir", default=None, help="Store root (default .attune).")
     parser.add_argument("--borrowers", type=int, default=None, help="Simulated borrowers.")
     parser.add_argument("--months", type=int, default=None, help="Months of history.")
     parser.add_argument("--seed", type=int, default=None, help="Seed of every random draw.")

@@ -11,9 +11,10 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     workdir: str = Field(
-        default=".attune/demo",
+        default=".attune",
         min_length=1,
-        description="Local directory for every artifact of the demo (the store root).",
+        description="Local directory for every artifact of the demo (the store root; "
+        "serve_configs/local.yaml serves from it afterwards).",
     )
     borrowers: int = Field(default=6000, ge=200, le=1_000_000, description="Simulated borrowers.")
     months: int = Field(default=12, ge=3, le=36, description="Months of servicing history.")

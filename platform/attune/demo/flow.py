@@ -90,6 +90,76 @@ def preprocess(paths: Paths, summary: Any) -> None:
     }
 
 
+def materialize(paths: Paths, redis_url: str, summary: Any) -> None:
+    """Every borrower's online state into Redis (``attune features materialize``)."""
+    from attune.data.materialize import MaterializeConfig
+    from attune.online.materialize import materialize_online
+    from attune.online.redis_store import SnapshotKeyspace
+
+    done = materialize_online(
+        paths.histories, str(paths.root), redis_url=redis_url, config=MaterializeConfig()
+    )
+    keyspace = SnapshotKeyspace(redis_url, spec_hash=done.info.spec_hash)
+    try:
+        per_borrower = keyspace.memory_per_borrower()
+    finally:
+        keyspace.close()
+    summary.facts["online features"] = {
+        "snapshot": done.meta.snapshot_id,
+        "borrowers": done.info.borrowers,
+        "borrowers per second": round(done.info.borrowers / max(done.seconds, 1e-9)),
+        "Redis bytes per borrower": round(per_borrower),
+    }
+
+
+def realtime(paths: Paths, *, port: int, summary: Any) -> None:
+    """Rank a borrower by id, post a payment, and see the next features and ranking use it."""
+    import json
+    import urllib.request
+    from datetime import datetime, timezone
+
+    import pyarrow.dataset as pads
+
+    base = f"http://127.0.0.1:{port}"
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            base + path, data=data, method=method, headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    people = pads.dataset(str(Path(paths.histories) / "borrowers"), partitioning="hive")
+    borrower = int(people.to_table(columns=["borrower_id"]).column(0)[0].as_py())
+    before = call("GET", f"/v1/features/{borrower}")["features"]
+    ask = {
+        "borrower_id": borrower,
+        "context": {"touchpoint": "app"},
+        "candidates": [{"option_id": o} for o in ("autopay_enroll", "payment_plan", "pay_now")],
+    }
+    first = call("POST", "/v1/rank", ask)
+    now = datetime.now(timezone.utc).isoformat()
+    payment = {
+        "event_id": f"demo-payment-{borrower}-{now}",
+        "borrower_id": borrower,
+        "ts": now,
+        "event_type": "payment_on_time",
+        "amount": 150.0,
+    }
+    posted = call("POST", "/v1/events", {"events": [payment]})
+    after = call("GET", f"/v1/features/{borrower}")["features"]
+    second = call("POST", "/v1/rank", ask)
+    summary.facts["real time"] = {
+        "borrower": borrower,
+        "ranking by id (before)": [o["option_id"] for o in first["options"]],
+        "payment posted": f"applied {posted['applied']}",
+        "pay_on_time_30 before → after": f"{before['pay_on_time_30']:g} → "
+        f"{after['pay_on_time_30']:g}",
+        "ranking by id (after)": [o["option_id"] for o in second["options"]],
+    }
+
+
 def train(config: DemoConfig, paths: Paths, summary: Any, *, role: str, seed: int) -> str:
     """Sweep, evaluate, export (parity gate) and register; the champion gets the alias."""
     from attune.registry import Registry
@@ -150,18 +220,19 @@ def _fairness_verdict(registry: Any, version: str) -> str:
     return f"refused: {decision.reasons[0]}{more}"
 
 
-def deploy(paths: Paths, *, champion: str, port: int) -> None:
+def deploy(paths: Paths, *, champion: str, port: int, redis_url: str) -> None:
     """Deploy the app (champion only) through the same declarative path as ``serve deploy``."""
     from ray.serve.schema import ServeDeploySchema
 
     from attune.serving.app import app_config
-    from attune.serving.config import AppArgs, RolloutConfig
+    from attune.serving.config import AppArgs, OnlineConfig, RolloutConfig
     from attune.serving.rollout import deploy
 
     args = AppArgs(
         registry=paths.registry,
         store=str(paths.root),
         rollout=RolloutConfig(champion=champion),
+        online=OnlineConfig(redis_url=redis_url),
     )
     entry = app_config(
         args,

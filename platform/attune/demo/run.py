@@ -1,9 +1,13 @@
 """``attune demo``: the whole flow on a local Ray with a local store.
 
-generate → preprocess → tune (champion) → tune (challenger) → deploy the champion →
+generate → preprocess → materialize online features into Redis → tune (champion) →
+tune (challenger) → deploy the champion → rank by id, post a payment, rank again →
 traffic → challenger in shadow → traffic → challenger in canary → traffic → A/B
-analysis → drift check → summary and an HTML report. Every step calls the same library
-function its CLI command calls; the demo only wires them together and shows progress.
+analysis → drift check → summary and an HTML report. The online store is
+``ATTUNE_REDIS_URL`` or a local ``redis-server`` with its data under ``<workdir>/redis``
+(persisted: ``serve run serve_configs/local.yaml`` finds it afterwards). Every step
+calls the same library function its CLI command calls; the demo only wires them
+together and shows progress.
 """
 
 from __future__ import annotations
@@ -85,6 +89,20 @@ def _local_ray(config: DemoConfig, port: int) -> Iterator[None]:
         ray.shutdown()
 
 
+@contextmanager
+def _online_store(workdir: Path) -> Iterator[str]:
+    """ATTUNE_REDIS_URL, else a local redis-server with its data under the store (kept)."""
+    from attune.online.deployment import local_data_dir, redis_url
+    from attune.online.server import local_server
+
+    url = redis_url(None, str(workdir))
+    if url is not None:
+        yield url
+        return
+    with local_server(local_data_dir(str(workdir))) as live:
+        yield live
+
+
 def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSummary:
     """Run the whole flow under ``config.workdir``; returns the :class:`DemoSummary`."""
     from attune.settings import get_settings
@@ -99,10 +117,14 @@ def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSumma
     from attune.demo import flow
 
     port = flow.free_port()
-    with _local_ray(config, port):
+    with _online_store(workdir) as redis_url, _local_ray(config, port):
         paths = flow.Paths.under(workdir)
         steps.run("generate servicing histories", lambda: flow.generate(config, paths, summary))
         steps.run("preprocess with Ray Data", lambda: flow.preprocess(paths, summary))
+        steps.run(
+            "materialize online features into Redis",
+            lambda: flow.materialize(paths, redis_url, summary),
+        )
         champion = steps.run(
             "tune + register the champion",
             lambda: flow.train(config, paths, summary, role="champion", seed=config.seed),
@@ -113,7 +135,11 @@ def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSumma
         )
         steps.run(
             "deploy the champion with Ray Serve",
-            lambda: flow.deploy(paths, champion=champion, port=port),
+            lambda: flow.deploy(paths, champion=champion, port=port, redis_url=redis_url),
+        )
+        steps.run(
+            "real time: rank by id, post a payment, rank again",
+            lambda: flow.realtime(paths, port=port, summary=summary),
         )
         traffic = flow.Traffic.prepare(config, paths, port=port)
         with _progress(console) as progress:

@@ -108,6 +108,7 @@ class OnlineAccess:
 
         self._config = config
         self._source = source
+        self.replica = writer_id
         self.spec_hash = config.spec_hash or default_spec().hash
         self.metrics = metrics or NullOnlineMetrics()
         self.event_log = EventLog(
@@ -175,11 +176,13 @@ class OnlineAccess:
             fallback=found.fallback is not None,
             fallback_reason=found.fallback,
             features=found.features,
+            replica=self.replica,
         )
 
     async def post(self, request: Any) -> Any:
         """The ``POST /v1/events`` answer."""
-        return await (await self.ingest()).post(request)
+        response = await (await self.ingest()).post(request)
+        return response.model_copy(update={"replica": self.replica})
 
     async def tick(self) -> None:
         """Housekeeping: apply pending events if the store is back; report the snapshot age."""

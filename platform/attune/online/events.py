@@ -102,6 +102,7 @@ class EventsResponse(BaseModel):
     snapshot_id: str | None = Field(
         description="Online snapshot the events were applied to (null when pending)."
     )
+    replica: str | None = Field(default=None, description="Ingress replica that answered.")
 
 
 class OnlineFeaturesResponse(BaseModel):
@@ -122,6 +123,7 @@ class OnlineFeaturesResponse(BaseModel):
     features: dict[str, float] = Field(
         description=f"One value per borrower feature ({len(BORROWER_FEATURES)})."
     )
+    replica: str | None = Field(default=None, description="Ingress replica that answered.")
 
 
 def events_frame(events: list[ServicingEvent]) -> pd.DataFrame:

@@ -61,13 +61,16 @@ local function apply(ns, bid, eid, rec, header, ttl)
   if redis.call('EXISTS', key) == 0 then
     redis.call('SET', key, header)
     status = 2
+  elseif string.byte(redis.call('GETRANGE', key, 1, 1)) == 0 then
+    status = 2  -- flags byte without HAS_PROFILE: a borrower the snapshot does not know
   end
   redis.call('APPEND', key, rec)
   return status
 end
 """
 # KEYS: current, next. ARGV: root, ttl, then (borrower, event id, ts µs, record, header)*.
-# Returns one status per event: 0 duplicate, 1 applied, 2 applied to a new borrower;
+# Returns one status per event: 0 duplicate, 1 applied, 2 applied to a borrower the
+# snapshot does not know;
 # or {-1} when no snapshot is served.
 _APPLY = (
     _APPLY_ONE
