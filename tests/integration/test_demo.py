@@ -47,7 +47,8 @@ def test_demo_runs_end_to_end_and_then_serve_run_local_yaml_serves_its_state(
     answered = re.search(r"decisions answered\s*│\s*(\d+)", out)
     logged = re.search(r"primary decisions logged\s*│\s*(\d+)", out)
     assert answered and logged, out[-4000:]
-    assert int(answered.group(1)) == 240, out[-6000:]  # 60 + 60 + 2 x 60, none failed
+    # 60 + 60 + 2 x 60 traffic requests and the 2 rankings by id of the real-time step
+    assert int(answered.group(1)) == 242, out[-6000:]
     assert logged.group(1) == answered.group(1)
     report = (workdir / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3

@@ -112,8 +112,10 @@ def materialize(paths: Paths, redis_url: str, summary: Any) -> None:
     }
 
 
-def realtime(paths: Paths, *, port: int, summary: Any) -> None:
-    """Rank a borrower by id, post a payment, and see the next features and ranking use it."""
+def realtime(paths: Paths, *, port: int, summary: Any) -> int:
+    """Rank a borrower by id, post a payment, and see the next features and ranking use it.
+
+    Returns the number of rankings it asked for (they are decisions like any other)."""
     import json
     import urllib.request
     from datetime import datetime, timezone
@@ -158,6 +160,7 @@ def realtime(paths: Paths, *, port: int, summary: Any) -> None:
         f"{after['pay_on_time_30']:g}",
         "ranking by id (after)": [o["option_id"] for o in second["options"]],
     }
+    return 2
 
 
 def train(config: DemoConfig, paths: Paths, summary: Any, *, role: str, seed: int) -> str:
@@ -318,13 +321,14 @@ class Traffic:
         }
         return result
 
-    def wait_for_log(self, summary: Any) -> None:
-        """Wait (with a deadline) until every answered decision is in the decision log."""
+    def wait_for_log(self, summary: Any, *, also_answered: int = 0) -> None:
+        """Wait (with a deadline) until every answered decision is in the decision log
+        (``also_answered``: decisions served outside the traffic phases)."""
         import time
 
         import pyarrow.dataset as pads
 
-        answered = sum(r.ok for r in self.results.values())
+        answered = sum(r.ok for r in self.results.values()) + also_answered
         root = Path(self.config.workdir).absolute() / "decisions"
         deadline = time.monotonic() + 60
         roles: list[str] = []

@@ -137,7 +137,7 @@ def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSumma
             "deploy the champion with Ray Serve",
             lambda: flow.deploy(paths, champion=champion, port=port, redis_url=redis_url),
         )
-        steps.run(
+        by_id = steps.run(
             "real time: rank by id, post a payment, rank again",
             lambda: flow.realtime(paths, port=port, summary=summary),
         )
@@ -165,7 +165,10 @@ def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSumma
                 "traffic: champion vs canary",
                 lambda: traffic.phase("canary", 2 * config.requests, progress, summary),
             )
-        steps.run("decision log flushed", lambda: traffic.wait_for_log(summary))
+        steps.run(
+            "decision log flushed",
+            lambda: traffic.wait_for_log(summary, also_answered=by_id),
+        )
         steps.run("A/B analysis", lambda: flow.analyze(config, paths, traffic, summary))
         steps.run("drift check", lambda: flow.drift(paths, champion, summary))
     from attune.demo.report import print_summary, write_html

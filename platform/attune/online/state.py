@@ -136,17 +136,24 @@ def decode(raw: bytes) -> BorrowerState:
 def arrays(states: list[BorrowerState]) -> HistoryArrays:
     """The kernel's input for these borrowers (borrower ``i`` is number ``i``)."""
     n = len(states)
-    events = np.concatenate([s.events for s in states]) if n else np.zeros(0, RECORD)
-    loans = np.concatenate([s.loans for s in states]) if n else np.zeros(0, LOAN)
+    if n == 1:  # the request path: no concatenation
+        events, loans = states[0].events, states[0].loans
+        ev_code = np.zeros(len(events), dtype=np.int64)
+        loan_code = np.zeros(len(loans), dtype=np.int64)
+    else:
+        events = np.concatenate([s.events for s in states]) if n else np.zeros(0, RECORD)
+        loans = np.concatenate([s.loans for s in states]) if n else np.zeros(0, LOAN)
+        ev_code = np.repeat(np.arange(n, dtype=np.int64), [len(s.events) for s in states])
+        loan_code = np.repeat(np.arange(n, dtype=np.int64), [len(s.loans) for s in states])
     codes = events["code"].astype(np.int16)
     return HistoryArrays(
         n_borrowers=n,
-        ev_code=np.repeat(np.arange(n, dtype=np.int64), [len(s.events) for s in states]),
+        ev_code=ev_code,
         ev_us=events["us"].astype(np.int64),
         ev_type=(codes // 4 - 1).astype(np.int8),
         ev_channel=(codes % 4 - 1).astype(np.int8),
         ev_cents=events["cents"].astype(np.int64),
-        loan_code=np.repeat(np.arange(n, dtype=np.int64), [len(s.loans) for s in states]),
+        loan_code=loan_code,
         loan_us=loans["us"].astype(np.int64),
         loan_term=loans["term"].astype(np.float64),
         loan_installment=loans["installment"].astype(np.float64),
