@@ -124,12 +124,15 @@ class OnlineAccess:
     async def store(self) -> Any:
         """The online store (connecting on first use)."""
         if self._store is None:
+            from ray.serve.handle import DeploymentHandle
+
             from attune.online.redis_store import RedisOnlineStore
 
             source = self._source
-            if not isinstance(source, str) and hasattr(source, "lookup"):
-                self._store = source
+            if not isinstance(source, str | DeploymentHandle):
+                self._store = source  # an OnlineStore given as it is
             else:
+                # a handle answers any attribute: ask LocalRedis for its URL, once
                 url = source if isinstance(source, str) else await source.url.remote()
                 self._store = RedisOnlineStore(
                     url,

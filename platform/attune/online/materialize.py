@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from attune.online.events import read_logged_events
 from attune.online.redis_store import SnapshotKeyspace, SnapshotMeta, SnapshotWriter, micros
 
 log = logging.getLogger(__name__)
+
+#: Days of posted events whose ids a new snapshot remembers (client retries).
+REPOST_WINDOW_DAYS = 7
 
 
 def pack_states(
@@ -145,10 +148,13 @@ def materialize_online(
     *,
     redis_url: str,
     config: MaterializeConfig | None = None,
+    repost_window_days: int = REPOST_WINDOW_DAYS,
 ) -> OnlineSnapshot:
     """Materialize a snapshot under ``out_uri`` and into the online store at ``redis_url``.
 
-    Raises :class:`attune.errors.Conflict` when another snapshot is being built and
+    Posted events of the last ``repost_window_days`` that the snapshot holds stay known
+    by id: re-posting one is a duplicate (an older one would count twice). Raises
+    :class:`attune.errors.Conflict` when another snapshot is being built and
     :class:`attune.errors.Unavailable` when Redis cannot be reached; on any failure the
     half-written keyspace is dropped and the served one stays.
     """
@@ -175,9 +181,16 @@ def materialize_online(
                 borrowers=info.borrowers,
                 defaults=defaults_of(info),
             )
-            # posted events dated at or after the snapshot time, logged before the build
-            logged = read_logged_events(out_uri, since=as_of)
-            carried = keyspace.apply_into(meta, list(logged.itertuples(index=False)))
+            # posted events logged before the build: those dated at or after the snapshot
+            # time are applied; the snapshot holds the rest, whose ids it remembers for a
+            # while, so that a client's retry of one is a duplicate
+            logged = read_logged_events(out_uri, since=as_of - timedelta(days=repost_window_days))
+            newer = logged["ts"] >= pd.Timestamp(as_of)
+            carried = keyspace.apply_into(meta, list(logged.loc[newer].itertuples(index=False)))
+            held = logged.loc[~newer]
+            keyspace.remember(
+                meta, zip(held["borrower_id"].tolist(), held["event_id"].tolist(), strict=True)
+            )
             previous, replayed = keyspace.commit(meta)
             replayed += carried
         except BaseException:

@@ -287,11 +287,12 @@ class SnapshotKeyspace:
 
         try:
             if not self._redis.set(f"{self.root}:next", snapshot_id, nx=True, ex=BUILD_TTL_S):
-                other = self._redis.get(f"{self.root}:next")
+                raw = self._redis.get(f"{self.root}:next")
+                other = _text(raw) if raw is not None else None
                 raise Conflict(
                     f"snapshot {other!r} is being built into the online store; retry when it "
                     f"is committed (or after {BUILD_TTL_S} s)",
-                    building=str(other),
+                    building=other,
                 )
         except redis.RedisError as exc:
             raise unavailable(exc, self.url) from exc
@@ -320,14 +321,45 @@ class SnapshotKeyspace:
             new += sum(1 for code in result if int(code) > 0)
         return new
 
+    def remember(self, meta: SnapshotMeta, posted: Iterable[tuple[int, str]]) -> int:
+        """Add (borrower id, event id) pairs to a snapshot's seen sets: events the snapshot
+        holds from the durable log, so that a client's retry of one is a duplicate."""
+        import redis
+
+        ns, ttl, count = f"{self.root}:{meta.snapshot_id}", meta.horizon_days * _DAY_S, 0
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for borrower_id, event_id in posted:
+                pipe.sadd(f"{ns}:seen:{borrower_id}", event_id)
+                pipe.expire(f"{ns}:seen:{borrower_id}", ttl)
+                count += 1
+                if count % 5000 == 0:
+                    pipe.execute()
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise unavailable(exc, self.url) from exc
+        return count
+
     def commit(self, meta: SnapshotMeta) -> tuple[str | None, int]:
         """Write ``meta``, replay events posted meanwhile, switch the pointer (atomically).
 
         Returns (the previous snapshot id or None, events replayed).
         """
+        import redis
+
         ns = f"{self.root}:{meta.snapshot_id}"
-        self._redis.set(f"{ns}:meta", meta.to_json())
-        old, replayed = self._redis.eval(
+        try:
+            self._redis.set(f"{ns}:meta", meta.to_json())
+            old, replayed = self._commit(meta)
+        except redis.ResponseError as exc:  # the script refused: not the snapshot being built
+            raise Conflict(str(exc), snapshot_id=meta.snapshot_id) from exc
+        except redis.RedisError as exc:
+            raise unavailable(exc, self.url) from exc
+        old_id = _text(old)
+        return (old_id or None), int(replayed)
+
+    def _commit(self, meta: SnapshotMeta) -> Any:
+        return self._redis.eval(
             _COMMIT,
             2,
             f"{self.root}:current",
@@ -337,8 +369,6 @@ class SnapshotKeyspace:
             str(meta.as_of_us),
             str(meta.horizon_days * _DAY_S),
         )
-        old_id = old.decode() if isinstance(old, bytes) else str(old)
-        return (old_id or None), int(replayed)
 
     def expire(self, snapshot_id: str, ttl_s: int = OLD_KEYSPACE_TTL_S) -> int:
         """Let every key of a snapshot expire in ``ttl_s`` (0: delete now); returns the count."""
