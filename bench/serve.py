@@ -142,6 +142,11 @@ def _wrk(url: str, body_file: Path, *, connections: int, duration: float, name: 
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.body = io.open("{body_file}"):read("a")\n' + _WRK_REPORT
     )
+    return _wrk_script(url, script, connections=connections, duration=duration, name=name)
+
+
+def _wrk_script(url: str, script: Path, *, connections: int, duration: float, name: str) -> Run:
+    """One wrk run (one thread) with a Lua ``script`` that ends with ``_WRK_REPORT``."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", str(script), url],
         capture_output=True,

@@ -79,6 +79,7 @@ import pandas as pd
 from attune.data.schema import CHANNELS, EVENT_TYPES, OPTION_IDS, TOUCHPOINTS
 from attune.data.spec import (
     BORROWER_FEATURES,
+    BORROWER_STATIC_FEATURES,
     CONTEXT_FEATURES,
     OPTION_FEATURES,
     FeatureSpec,
@@ -183,7 +184,8 @@ def _columns_of(t: str | None, c: str | None) -> list[int]:
 _EVENT_COLUMNS_LUT = np.array(
     [[_columns_of(t, c) for c in _ALL_CHANNELS] for t in _ALL_TYPES], dtype=np.int16
 )
-_IS_PAYMENT = np.array([t in _PAYMENTS for t in _ALL_TYPES])
+# type code -> (counts as paid, counts as due) in the running sums of cents
+_MONEY_OF = np.array([[t in _PAYMENTS, t == "installment_due"] for t in _ALL_TYPES], np.int64)
 # (name, counted column, window days) of every feature that is a count, and of the
 # numerator and denominator of every rate
 _COUNTS: tuple[tuple[str, str | tuple[str, str], int], ...] = (
@@ -228,7 +230,6 @@ _COUNT_OUT = np.array([_FEATURE_INDEX[name] for name, _, _ in _COUNTS], dtype=np
 _RATE_OUT = np.array([_FEATURE_INDEX[name] for name, _, _ in _RATES], dtype=np.int64)
 _N_COUNTS, _N_RATES = len(_COUNTS), len(_RATES)
 _AUTOPAY_OFF = EVENT_TYPES.index("autopay_off")
-_INSTALLMENT = EVENT_TYPES.index("installment_due")
 _LAST_COLUMNS = np.array([_COLUMN[k] for k in _LAST], dtype=np.int64)
 #: Events per kernel call inside :func:`borrower_features` (bounds its working memory).
 CHUNK_EVENTS = 1 << 20
@@ -241,8 +242,9 @@ class HistoryArrays:
     Events (any order): ``ev_code`` (the borrower's number), ``ev_us`` (µs since the
     epoch), ``ev_type`` / ``ev_channel`` (positions in ``EVENT_TYPES`` / ``CHANNELS``,
     -1 for null or unknown) and ``ev_cents`` (the amount in integer cents, negative or
-    null amounts as 0). Loans: ``loan_code``, ``loan_us`` (origination), ``loan_term``,
-    ``loan_installment``, ``loan_apr`` (NaN where unknown). Per borrower number:
+    null amounts as 0). Loans: ``loan_code``, ``loan_us`` (origination) and ``loans``
+    (``float64[n, 3]``: term in months, installment, APR; NaN where unknown). Per
+    borrower number:
     ``income`` and ``volatility`` (NaN where unknown).
     """
 
@@ -254,9 +256,7 @@ class HistoryArrays:
     ev_cents: I64
     loan_code: I64
     loan_us: I64
-    loan_term: F64
-    loan_installment: F64
-    loan_apr: F64
+    loans: npt.NDArray[np.float64]
     income: F64
     volatility: F64
 
@@ -340,8 +340,9 @@ def feature_kernel(h: HistoryArrays, q_code: I64, q_us: I64) -> F64:
     last = before - last_base
     has = (last >= start[:, None]) & (last < at[:, None])
     # money: running sums of payment and installment cents over the sorted events
-    paid_run = np.concatenate([[0], np.cumsum(np.where(_IS_PAYMENT[etype], cents, 0))])
-    due_run = np.concatenate([[0], np.cumsum(np.where(etype == _INSTALLMENT, cents, 0))])
+    money = np.zeros((ne + 1, 2), dtype=np.int64)  # row i: cents paid / due before i
+    np.cumsum(_MONEY_OF[etype] * cents[:, None], axis=0, out=money[1:])
+    paid_run, due_run = money[:, 0], money[:, 1]
     paid = paid_run[at] - paid_run[start]
     owed = np.maximum(due_run[at] - due_run[start] - paid, 0) / 100.0
     # the oldest installment not covered: the event that lifts the running due past paid
@@ -368,8 +369,8 @@ def _rate(num: F64, den: F64) -> F64:
     return np.where(den > 0, np.minimum(num / safe, 1.0), 0.0)
 
 
-def _put(out: F64, name: str, values: F64) -> None:
-    out[:, _FEATURE_INDEX[name]] = values
+_STATIC_OUT = np.array([_FEATURE_INDEX[n] for n in BORROWER_STATIC_FEATURES], dtype=np.int64)
+_NO_LOAN = np.full((1, 3), np.nan)
 
 
 def _static_features(
@@ -383,42 +384,35 @@ def _static_features(
     out: F64,
 ) -> None:
     """Loan and income features: the borrower's latest loan originated at or before ``ts``."""
-    order = np.lexsort((l_rank, h.loan_code))  # stable: of two equal times the later row wins
-    l_key = h.loan_code[order] * span + l_rank[order]
-    pick = np.searchsorted(l_key, q_code * span + q_rank, side="right") - 1
-    pick = np.where(pick >= 0, order[np.maximum(pick, 0)] if len(order) else -1, -1)
-    found = pick >= 0
-    if len(order):
-        found &= h.loan_code[pick] == q_code
-    # one gather of (origination, term, installment, apr); a trailing NaN row for no loan
-    table = np.column_stack(
-        [h.loan_us.astype(np.float64), h.loan_term, h.loan_installment, h.loan_apr]
-    )
-    table = np.concatenate([table, np.full((1, 4), np.nan)])
-    loan_t, term, installment, apr = table[np.where(found, pick, -1)].T
+    nq = len(q_code)
+    if len(h.loan_code):
+        order = np.lexsort((l_rank, h.loan_code))  # stable: of two equal times the later wins
+        l_key = h.loan_code[order] * span + l_rank[order]
+        pick = np.searchsorted(l_key, q_code * span + q_rank, side="right") - 1
+        row = order[np.maximum(pick, 0)]
+        found = (pick >= 0) & (h.loan_code[row] == q_code)
+        origin = np.where(found, h.loan_us[row], 0).astype(np.float64)
+        term, installment, apr = np.concatenate([h.loans, _NO_LOAN])[np.where(found, row, -1)].T
+    else:
+        found, origin = np.zeros(nq, dtype=bool), np.zeros(nq)
+        term = installment = apr = np.full(nq, np.nan)
     income = h.income[q_code]
-    has_loan = found & np.isfinite(loan_t) & (term > 0)
+    has_loan = found & (term > 0)
     safe_term = np.where(has_loan, term, 1.0)
-    elapsed = (q_us - np.where(found, loan_t, 0.0)) / _DAY_US / (safe_term * _MONTH_DAYS)
+    elapsed = (q_us - origin) / _DAY_US / (safe_term * _MONTH_DAYS)
     progress = np.minimum(np.maximum(elapsed, 0.0), 1.0)  # np.clip costs more on small arrays
     has_income = has_loan & (income > 0) & np.isfinite(installment)
-    _put(
-        out,
-        "balance",
-        _finite(np.where(has_loan, installment * safe_term * (1.0 - progress) + owed, MISSING)),
-    )
-    _put(out, "apr", _finite(np.where(has_loan, apr, MISSING)))
-    _put(out, "term_progress", np.where(has_loan, progress, MISSING))
-    _put(
-        out,
-        "installment_to_income",
-        np.where(has_income, installment / np.where(has_income, income, 1.0), MISSING),
-    )
-    _put(out, "income_volatility", _finite(h.volatility[q_code]))
-
-
-def _finite(values: F64) -> F64:
-    return np.where(np.isfinite(values), values, MISSING)
+    # BORROWER_STATIC_FEATURES order; filled column by column (np.stack costs more)
+    values, sourced = np.empty((nq, 5)), np.empty((nq, 5), dtype=bool)
+    values[:, 0] = installment * safe_term * (1.0 - progress) + owed  # balance
+    values[:, 1] = apr
+    values[:, 2] = progress  # term_progress
+    values[:, 3] = installment / np.where(has_income, income, 1.0)  # installment_to_income
+    values[:, 4] = h.volatility[q_code]
+    sourced[:, :3] = has_loan[:, None]
+    sourced[:, 3] = has_income
+    sourced[:, 4] = True
+    out[:, _STATIC_OUT] = np.where(sourced & np.isfinite(values), values, MISSING)
 
 
 # --------------------------------------------------------------------------- the frame API
@@ -447,9 +441,12 @@ def history_arrays(
         ev_cents=_cents(events["amount"]),
         loan_code=l_code[l_keep],
         loan_us=micros(loans["origination_ts"]) if len(loans) else np.zeros(0, np.int64),
-        loan_term=loans["term_months"].to_numpy(dtype=np.float64, na_value=np.nan),
-        loan_installment=loans["installment"].to_numpy(dtype=np.float64, na_value=np.nan),
-        loan_apr=loans["apr"].to_numpy(dtype=np.float64, na_value=np.nan),
+        loans=np.column_stack(
+            [
+                loans[c].to_numpy(dtype=np.float64, na_value=np.nan)
+                for c in ("term_months", "installment", "apr")
+            ]
+        ).reshape(-1, 3),
         income=people["income_monthly"].reindex(ids).to_numpy(dtype=np.float64, na_value=np.nan),
         volatility=people["income_volatility"]
         .reindex(ids)
@@ -492,9 +489,7 @@ def _slice(h: HistoryArrays, lo: int, hi: int) -> HistoryArrays:
         ev_cents=h.ev_cents[ev],
         loan_code=h.loan_code[ln] - lo,
         loan_us=h.loan_us[ln],
-        loan_term=h.loan_term[ln],
-        loan_installment=h.loan_installment[ln],
-        loan_apr=h.loan_apr[ln],
+        loans=h.loans[ln],
         income=h.income[lo:hi],
         volatility=h.volatility[lo:hi],
     )

@@ -71,9 +71,9 @@ def pack_states(
     loan_order = np.argsort(h.loan_code, kind="stable")
     loan_rows = np.empty(len(loan_order), dtype=packed.LOAN)
     loan_rows["us"] = h.loan_us[loan_order]
-    loan_rows["term"] = h.loan_term[loan_order]
-    loan_rows["installment"] = h.loan_installment[loan_order]
-    loan_rows["apr"] = h.loan_apr[loan_order]
+    loan_rows["term"] = h.loans[loan_order, 0]
+    loan_rows["installment"] = h.loans[loan_order, 1]
+    loan_rows["apr"] = h.loans[loan_order, 2]
     loan_at = np.concatenate([[0], np.cumsum(np.bincount(h.loan_code, minlength=len(ids)))])
     for i, borrower_id in enumerate(ids.tolist()):
         head = packed.profile(

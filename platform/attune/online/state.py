@@ -5,7 +5,7 @@ fixed-width records, so a posted event is one ``APPEND`` and a look-up is one ``
 followed by ``np.frombuffer`` and :func:`attune.data.features.feature_kernel`::
 
     header   <BBBB d d>    version, flags, loans, 0, income_monthly, income_volatility
-    loans    <q d d d>     origination (µs), term_months, installment, apr     (per loan)
+    loans    <d d d d>     origination (µs), term_months, installment, apr     (per loan)
     events   <q B i>       ts (µs), (type + 1) * 4 + (channel + 1), amount (cents)  (per event)
 
 ``flags`` bit 0 (:data:`HAS_PROFILE`) says the borrower and loan rows came from a
@@ -33,11 +33,13 @@ from attune.data.schema import EVENT_TYPES
 from attune.errors import InvalidInput
 
 #: Layout version in every header; a reader refuses another.
-VERSION = 1
+VERSION = 2
 #: Header flag: income and loans came from a snapshot.
 HAS_PROFILE = 1
 HEADER = struct.Struct("<BBBBdd")
-LOAN = np.dtype([("us", "<i8"), ("term", "<f8"), ("installment", "<f8"), ("apr", "<f8")])
+# all float64, so that a state's loans are one (n, 4) view; µs as float64 are exact
+# until the year 2255
+LOAN = np.dtype([("us", "<f8"), ("term", "<f8"), ("installment", "<f8"), ("apr", "<f8")])
 RECORD = np.dtype([("us", "<i8"), ("code", "u1"), ("cents", "<i4")])
 _DAY_US = 86_400_000_000
 _MAX_CENTS = 2**31 - 1
@@ -155,9 +157,7 @@ def arrays(states: list[BorrowerState]) -> HistoryArrays:
         ev_cents=events["cents"].astype(np.int64),
         loan_code=loan_code,
         loan_us=loans["us"].astype(np.int64),
-        loan_term=loans["term"].astype(np.float64),
-        loan_installment=loans["installment"].astype(np.float64),
-        loan_apr=loans["apr"].astype(np.float64),
+        loans=loans.view(np.float64).reshape(-1, 4)[:, 1:],
         income=np.array([s.income for s in states], dtype=np.float64),
         volatility=np.array([s.volatility for s in states], dtype=np.float64),
     )

@@ -146,6 +146,18 @@ def configure(config: AuthConfig) -> bool:
     return _verifier is not None
 
 
+def check_header(authorization: str | None) -> None:
+    """:func:`require_bearer`'s check on a raw ``Authorization`` header, without FastAPI's
+    dependency machinery (the ranking route's hot path); same rules, same errors."""
+    if _verifier is None:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    credentials = None
+    if scheme.lower() == "bearer" and token:
+        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+    _verifier.check(credentials)
+
+
 async def require_bearer(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_scheme)],
 ) -> None:
