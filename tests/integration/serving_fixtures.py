@@ -7,12 +7,15 @@ planted faulty models for the guardrails: a "garbage" regressor whose scores sit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -321,3 +324,41 @@ def offline_borrower_features(seed: int = 0, n_borrowers: int = 3) -> Any:
         }
     )
     return borrower_features(events, queries, borrowers=borrowers, loans=loans)
+
+
+@contextlib.contextmanager
+def serve_run(checkout: Path, config: dict[str, Any], env: dict[str, str]) -> Iterator[str]:
+    """``serve run serve_configs/local.yaml`` in ``checkout`` with ``config`` written there,
+    on a Ray of its own (``-a local``); yields the base URL once ``/v1/healthz`` answers.
+
+    Stopped with SIGINT as a user would (killed if it does not exit in 90 s).
+    """
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    (checkout / "serve_configs").mkdir(exist_ok=True)
+    (checkout / "serve_configs/local.yaml").write_text(yaml.safe_dump(config))
+    log = (checkout / "serve-run.log").open("w")
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    process = subprocess.Popen(
+        [serve_cli, "run", "-a", "local", "serve_configs/local.yaml"],
+        cwd=checkout,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{config['http_options']['port']}"
+        wait_http_ok(f"{base}/v1/healthz", timeout=240)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()

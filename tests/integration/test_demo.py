@@ -64,33 +64,18 @@ def test_demo_runs_end_to_end_and_then_serve_run_local_yaml_serves_its_state(
 
 
 def _serve_run_local_yaml_answers_by_id(checkout: Path, env: dict[str, str], borrower: int) -> None:
-    import signal
     from datetime import UTC, datetime
 
     import yaml
 
     from tests.conftest import free_port
-    from tests.integration.serving_fixtures import http, wait_http_ok
+    from tests.integration.serving_fixtures import http, serve_run
 
     config = yaml.safe_load((Path(__file__).parents[2] / "serve_configs/local.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    (checkout / "serve_configs").mkdir()
-    (checkout / "serve_configs/local.yaml").write_text(yaml.safe_dump(config))
+    config["http_options"]["port"] = free_port()
     # its own Ray ("-a local") and Serve's defaults, as a newcomer would run it
     clean = {k: v for k, v in env.items() if not k.startswith(("RAY_SERVE_", "ATTUNE_REDIS"))}
-    log = (checkout / "serve-run.log").open("w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "serve"), "run", "-a", "local",
-         "serve_configs/local.yaml"],
-        cwd=checkout,
-        env=clean,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{base}/v1/healthz", timeout=240)
+    with serve_run(checkout, config, clean) as base:
         ask = {
             "borrower_id": borrower,
             "context": {"touchpoint": "app"},
@@ -110,11 +95,3 @@ def _serve_run_local_yaml_answers_by_id(checkout: Path, env: dict[str, str], bor
         assert http("POST", f"{base}/v1/events", {"events": [payment]}).body["applied"] == 1
         after = http("GET", f"{base}/v1/features/{borrower}").body["features"]
         assert after["pay_on_time_30"] == before["pay_on_time_30"] + 1
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        log.close()

@@ -461,47 +461,23 @@ def test_serve_run_local_yaml_serves_the_champion_from_the_local_registry(
 ) -> None:
     """``serve run serve_configs/local.yaml`` in a checkout with a local registry serves."""
     import os
-    import signal
-    import subprocess
-    import sys
 
     import yaml
 
     from attune.registry import Registry
     from tests.conftest import free_port
+    from tests.integration.serving_fixtures import serve_run
 
     registry = Registry(str(tmp_path / ".attune" / "registry"))
     version = registry.register(ranker_files(seed=3), metadata={"name": "local"})
     registry.set_alias("champion", version, by="test", justification="t", override=True)
     config = yaml.safe_load((Path(__file__).parents[2] / "serve_configs/local.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    (tmp_path / "serve_configs").mkdir()
-    (tmp_path / "serve_configs/local.yaml").write_text(yaml.safe_dump(config))
+    config["http_options"]["port"] = free_port()
     # A Ray of its own ("-a local") with Serve's defaults: none of this session's settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
-    log = (tmp_path / "serve-run.log").open("w")
-    serve_cli = str(Path(sys.executable).parent / "serve")
-    process = subprocess.Popen(
-        [serve_cli, "run", "-a", "local", "serve_configs/local.yaml"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{base}/v1/healthz", timeout=240)
+    with serve_run(tmp_path, config, env) as base:
         assert http("GET", f"{base}/v1/healthz").body["champion"] == version
         answer = http("POST", f"{base}/v1/rank", rank_body(5, n=3))
         assert answer.status == 200 and answer.body["model_version"] == version
         decisions = tmp_path / ".attune" / "decisions"
         wait_for(lambda: list(decisions.rglob("*.parquet")), timeout=60, what="a decision file")
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        log.close()

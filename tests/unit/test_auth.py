@@ -214,3 +214,32 @@ def test_app_args_carry_the_auth_config_and_refuse_unknown_fields() -> None:
     assert AppArgs().auth.required is False
     with pytest.raises(ValueError, match=r"auth\.token"):
         AppArgs.model_validate({"auth": {"token": TOKEN}})  # the secret never goes in a config
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("Basic abc", "missing"),
+        ("Bearer", "missing"),
+        (f"Bearer {OTHER}", "invalid"),
+        (f"bearer {TOKEN}", None),
+        (f"Bearer {TOKEN}", None),
+    ],
+)
+def test_the_raw_header_check_of_the_ranking_route_follows_the_dependency(
+    token_env: Callable[[str | None], None], header: str | None, problem: str | None
+) -> None:
+    """``check_header`` (the /v1/rank hot path) accepts and refuses what require_bearer does."""
+    token_env(TOKEN)
+    auth.configure(auth.AuthConfig())
+    if problem is None:
+        auth.check_header(header)
+        return
+    with pytest.raises(auth.Unauthorized) as err:
+        auth.check_header(header)
+    assert err.value.problem.startswith(problem) and err.value.status_code == 401
+    token_env(None)
+    auth.configure(auth.AuthConfig())
+    auth.check_header(header)  # authentication off: anything passes
