@@ -184,8 +184,11 @@ def _columns_of(t: str | None, c: str | None) -> list[int]:
 _EVENT_COLUMNS_LUT = np.array(
     [[_columns_of(t, c) for c in _ALL_CHANNELS] for t in _ALL_TYPES], dtype=np.int16
 )
-# type code -> (counts as paid, counts as due) in the running sums of cents
-_MONEY_OF = np.array([[t in _PAYMENTS, t == "installment_due"] for t in _ALL_TYPES], np.int64)
+# (counts as paid, counts as due) -> type code: the running sums of cents
+_MONEY_OF = np.array(
+    [[t in _PAYMENTS for t in _ALL_TYPES], [t == "installment_due" for t in _ALL_TYPES]],
+    dtype=np.int64,
+)
 # (name, counted column, window days) of every feature that is a count, and of the
 # numerator and denominator of every rate
 _COUNTS: tuple[tuple[str, str | tuple[str, str], int], ...] = (
@@ -229,6 +232,9 @@ _SPAN_WINDOW = np.array([_WINDOWS.index(days) for _, days in _SPANS], dtype=np.i
 _COUNT_OUT = np.array([_FEATURE_INDEX[name] for name, _, _ in _COUNTS], dtype=np.int64)
 _RATE_OUT = np.array([_FEATURE_INDEX[name] for name, _, _ in _RATES], dtype=np.int64)
 _N_COUNTS, _N_RATES = len(_COUNTS), len(_RATES)
+_RECENCY_OUT = np.array(
+    [_FEATURE_INDEX["days_since_last_payment"], _FEATURE_INDEX["days_since_last_contact"]]
+)
 _AUTOPAY_OFF = EVENT_TYPES.index("autopay_off")
 _LAST_COLUMNS = np.array([_COLUMN[k] for k in _LAST], dtype=np.int64)
 #: Events per kernel call inside :func:`borrower_features` (bounds its working memory).
@@ -317,7 +323,10 @@ def feature_kernel(h: HistoryArrays, q_code: I64, q_us: I64) -> F64:
     hit = np.flatnonzero(member >= 0)
     by_column = np.argsort(member[hit], kind="stable")  # int16: a linear radix sort
     hit = hit[by_column]
-    members = member[hit].astype(np.int64) * stride + hit % max(ne, 1)
+    # a leading -1: "the member before the first one" reads as none
+    members = np.empty(len(hit) + 1, dtype=np.int64)
+    members[0] = -1
+    members[1:] = member[hit].astype(np.int64) * stride + hit % max(ne, 1)
     since = found[1:-1][_SPAN_WINDOW].T  # (queries, spans): the window start of each span
     span_base = _SPAN_COLUMN * stride
     last_base = _LAST_COLUMNS * stride
@@ -334,43 +343,45 @@ def feature_kernel(h: HistoryArrays, q_code: I64, q_us: I64) -> F64:
     out[:, _COUNT_OUT] = counts[:, :_N_COUNTS]
     num = counts[:, _N_COUNTS : _N_COUNTS + _N_RATES]
     den = counts[:, _N_COUNTS + _N_RATES :]
-    out[:, _RATE_OUT] = np.where(den > 0, np.minimum(num / np.where(den > 0, den, 1.0), 1.0), 0.0)
+    rates = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    out[:, _RATE_OUT] = np.minimum(rates, 1.0, out=rates)
     # the last payment / outreach sent / autopay toggle before each query, if the borrower's
-    before = np.append(members, -1)[idx[2 * n_spans :] - 1].reshape(nq, len(_LAST))
+    before = members[idx[2 * n_spans :] - 1].reshape(nq, len(_LAST))
     last = before - last_base
     has = (last >= start[:, None]) & (last < at[:, None])
     # money: running sums of payment and installment cents over the sorted events
-    money = np.zeros((ne + 1, 2), dtype=np.int64)  # row i: cents paid / due before i
-    np.cumsum(_MONEY_OF[etype] * cents[:, None], axis=0, out=money[1:])
-    paid_run, due_run = money[:, 0], money[:, 1]
+    money = np.zeros((2, ne + 1), dtype=np.int64)  # [:, i]: cents paid / due before i
+    np.cumsum(_MONEY_OF[:, etype] * cents, axis=1, out=money[:, 1:])
+    paid_run, due_run = money[0], money[1]
     paid = paid_run[at] - paid_run[start]
     owed = np.maximum(due_run[at] - due_run[start] - paid, 0) / 100.0
     # the oldest installment not covered: the event that lifts the running due past paid
     oldest = np.searchsorted(due_run, due_run[start] + paid, side="right") - 1
     if ne:
-        last = np.minimum(np.maximum(last, 0), ne - 1)
-        days = (q_us[:, None] - us[last[:, :2]]) / _DAY_US
-        recency = np.where(has[:, :2], np.minimum(days, RECENCY_CAP_DAYS), RECENCY_CAP_DAYS)
-        late = oldest < at
-        past_due = np.where(late, (q_us - us[np.minimum(oldest, ne - 1)]) / _DAY_US, 0.0)
-        autopay = np.where(has[:, 2] & (etype[last[:, 2]] != _AUTOPAY_OFF), 1.0, 0.0)
+        # days since: the last payment, the last outreach sent, the oldest uncovered due
+        marks = np.empty((nq, 3), dtype=np.int64)
+        marks[:, :2] = last[:, :2]
+        marks[:, 2] = oldest
+        known = np.empty((nq, 3), dtype=bool)
+        known[:, :2] = has[:, :2]
+        known[:, 2] = oldest < at
+        days = (q_us[:, None] - us[np.minimum(np.maximum(marks, 0), ne - 1)]) / _DAY_US
+        recency = np.where(
+            known[:, :2], np.minimum(days[:, :2], RECENCY_CAP_DAYS), RECENCY_CAP_DAYS
+        )
+        past_due = np.where(known[:, 2], days[:, 2], 0.0)
+        toggle = etype[np.minimum(np.maximum(last[:, 2], 0), ne - 1)]
+        autopay = np.where(has[:, 2] & (toggle != _AUTOPAY_OFF), 1.0, 0.0)
     else:
         recency, past_due, autopay = np.full((nq, 2), RECENCY_CAP_DAYS), np.zeros(nq), np.zeros(nq)
-    out[:, _FEATURE_INDEX["days_since_last_payment"]] = recency[:, 0]
-    out[:, _FEATURE_INDEX["days_since_last_contact"]] = recency[:, 1]
+    out[:, _RECENCY_OUT] = recency
     out[:, _FEATURE_INDEX["days_past_due"]] = past_due
     out[:, _FEATURE_INDEX["autopay_on"]] = autopay
     _static_features(h, q_code, q_us, owed, l_rank, q_rank, span, out)
     return out
 
 
-def _rate(num: F64, den: F64) -> F64:
-    safe = np.where(den > 0, den, 1.0)
-    return np.where(den > 0, np.minimum(num / safe, 1.0), 0.0)
-
-
 _STATIC_OUT = np.array([_FEATURE_INDEX[n] for n in BORROWER_STATIC_FEATURES], dtype=np.int64)
-_NO_LOAN = np.full((1, 3), np.nan)
 
 
 def _static_features(
@@ -392,7 +403,9 @@ def _static_features(
         row = order[np.maximum(pick, 0)]
         found = (pick >= 0) & (h.loan_code[row] == q_code)
         origin = np.where(found, h.loan_us[row], 0).astype(np.float64)
-        term, installment, apr = np.concatenate([h.loans, _NO_LOAN])[np.where(found, row, -1)].T
+        picked = h.loans[row]
+        picked[~found] = np.nan
+        term, installment, apr = picked.T
     else:
         found, origin = np.zeros(nq, dtype=bool), np.zeros(nq)
         term = installment = apr = np.full(nq, np.nan)
