@@ -31,12 +31,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
 from attune.data.buckets import ipc, read_packed, unpack
@@ -92,10 +92,22 @@ class MaterializeConfig(BaseModel):
         le=4096,
         description="Tasks that read the files and, after the shuffle, compute the buckets.",
     )
+    parts: tuple[Literal["features", "events", "borrowers", "loans"], ...] = Field(
+        default=("features", "events", "borrowers", "loans"),
+        min_length=1,
+        description="Snapshot parts written as parquet (features always; the online store "
+        "holds the others when materializing into it).",
+    )
     online_events: bool = Field(
         default=True,
         description=f"Also read the events the serving app logged under <out>/{ONLINE_EVENTS_DIR}.",
     )
+
+    @model_validator(mode="after")
+    def _check_parts(self) -> MaterializeConfig:
+        if "features" not in self.parts or len(set(self.parts)) != len(self.parts):
+            raise ValueError(f"parts {list(self.parts)} must name 'features' and no part twice")
+        return self
 
 
 @dataclass(frozen=True)
@@ -183,7 +195,12 @@ def new_snapshot_id(as_of: datetime) -> str:
 
 
 def _snapshot_bucket(
-    group: pa.Table, *, as_of: datetime, horizon_days: int, sink: BucketSink | None = None
+    group: pa.Table,
+    *,
+    as_of: datetime,
+    horizon_days: int,
+    parts: tuple[str, ...] = _PARTS,
+    sink: BucketSink | None = None,
 ) -> pa.Table:
     frames = unpack(group, _COLUMNS)
     # an event logged by the serving app may also reach the history later: count it once
@@ -204,21 +221,23 @@ def _snapshot_bucket(
             loans=frames["loans"],
             as_of=as_of,
         )
-    parts = {
+    rows = {
         "features": feats,
         "events": kept,
         "borrowers": frames["borrowers"].loc[frames["borrowers"]["borrower_id"].isin(ids)],
         "loans": frames["loans"].loc[frames["loans"]["borrower_id"].isin(ids)],
     }
-    tables = [
-        pa.Table.from_pandas(parts[part], schema=schema, preserve_index=False)
+    payloads = [  # only the parts to write are serialized; every part is counted
+        ipc(pa.Table.from_pandas(rows[part], schema=schema, preserve_index=False))
+        if part in parts
+        else b""
         for part, schema in SNAPSHOT_PARTS.items()
     ]
     return pa.table(
         {
             "_part": pa.array(list(_PARTS), pa.string()),
-            "_rows": pa.array([t.num_rows for t in tables], pa.int64()),
-            "_payload": pa.array([ipc(t) for t in tables], pa.large_binary()),
+            "_rows": pa.array([len(rows[part]) for part in _PARTS], pa.int64()),
+            "_payload": pa.array(payloads, pa.large_binary()),
         }
     )
 
@@ -263,7 +282,12 @@ def materialize(
         .map_groups(
             _snapshot_bucket,
             batch_format="pyarrow",
-            fn_kwargs={"as_of": as_of, "horizon_days": config.horizon_days, "sink": sink},
+            fn_kwargs={
+                "as_of": as_of,
+                "horizon_days": config.horizon_days,
+                "parts": config.parts,
+                "sink": sink,
+            },
         )
         .materialize()  # one pass of feature code, every part
     )
@@ -271,7 +295,7 @@ def materialize(
     sizes = computed.select_columns(["_part", "_rows"]).to_pandas()
     counts = {part: int(sizes.loc[sizes["_part"] == part, "_rows"].sum()) for part in _PARTS}
     with storage.write_dir_atomically(target) as stage:
-        for part in _PARTS:
+        for part in config.parts:
             fs, path = storage.pyarrow_filesystem(storage.join(stage, part))
             chosen = computed.filter(expr=f"_part == '{part}'")
             chosen.map_batches(_unpack_part, batch_format="pyarrow", batch_size=None).write_parquet(
@@ -289,7 +313,12 @@ def materialize(
         )
         storage.write_json(
             storage.join(stage, "manifest.json"),
-            {**info.to_dict(), "horizon_days": config.horizon_days, "feature_spec": spec.hash},
+            {
+                **info.to_dict(),
+                "horizon_days": config.horizon_days,
+                "feature_spec": spec.hash,
+                "parts": list(config.parts),
+            },
         )
         storage.write_bytes(storage.join(stage, "feature_spec.json"), spec.to_json().encode())
     point_latest(root, info)
@@ -363,6 +392,11 @@ def read_snapshot(
         raise StoreNotFound(uri=info.uri, problem="snapshot missing or not committed")
     out = []
     for part, schema in (("features", FEATURES_SCHEMA), ("events", EVENTS)):
+        if not storage.list_uris(storage.join(info.uri, part)):
+            raise StoreNotFound(
+                uri=storage.join(info.uri, part),
+                problem="snapshot written without this part (the online store holds it)",
+            )
         fs, path = storage.pyarrow_filesystem(storage.join(info.uri, part))
         data = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
         where = None

@@ -164,13 +164,16 @@ def materialize_online(
     started = time.perf_counter()
     try:
         as_of = config.as_of or datetime.now(timezone.utc)
+        # Redis holds every borrower's events and profile: by default the parquet snapshot
+        # keeps only the features (population defaults, batch work)
+        parts = config.parts if "parts" in config.model_fields_set else ("features",)
         snapshot_id = new_snapshot_id(as_of)
         keyspace.begin(snapshot_id)  # before the history is read: posts from now are queued
         try:
             info = materialize(
                 histories_uri,
                 out_uri,
-                config=config.model_copy(update={"as_of": as_of}),
+                config=config.model_copy(update={"as_of": as_of, "parts": parts}),
                 snapshot_id=snapshot_id,
                 sink=StateSink(keyspace.writer(snapshot_id)),
             )
