@@ -102,14 +102,24 @@ def test_snapshot_events_plus_newer_events_reproduce_every_later_presentation(
 
 
 def test_snapshot_layout_pointer_and_cli_on_s3(
-    ray_cluster: object, history: str, s3_bucket: str, capsys: pytest.CaptureFixture
+    ray_cluster: object,
+    history: str,
+    s3_bucket: str,
+    redis_url: str,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     histories = f"{s3_bucket}/histories"
     storage.upload_dir(history, histories)
     store = f"{s3_bucket}/store"
     argv = ["features", "materialize", "--histories", histories, "--out", store]
-    assert cli.main([*argv, "--as-of", "2025-08-01T00:00:00Z", "--buckets", "3"]) == 0
-    later = SnapshotInfo.from_dict(json.loads(capsys.readouterr().out))
+    # an s3:// store needs a shared online store: refused without one, naming the field
+    assert cli.main([*argv, "--buckets", "3"]) == 2
+    assert "online.redis_url" in capsys.readouterr().err
+    argv += ["--redis-url", redis_url, "--as-of", "2025-08-01T00:00:00Z", "--buckets", "3"]
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    later = SnapshotInfo.from_dict(printed)
+    assert printed["online"]["snapshot_id"] == later.snapshot_id
     assert later.snapshot_id.startswith("20250801T000000Z-")
     assert later.uri == f"{store}/features/{default_spec().hash}/{later.snapshot_id}"
     assert storage.is_complete(later.uri)
