@@ -469,12 +469,6 @@ class RedisOnlineStore:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except Exception:
-            return False
-
     async def snapshot(self) -> SnapshotMeta:
         """The served snapshot's meta (cached); Unavailable when there is none or no server."""
         import redis
