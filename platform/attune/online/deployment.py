@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
 from attune import storage
 from attune.errors import ConfigError
+from attune.online.config import OnlineConfig
 from attune.online.server import local_server
 from attune.settings import get_settings
+
+if TYPE_CHECKING:
+    from attune.online import OnlineStore
+    from attune.online.events import EventsRequest, EventsResponse, OnlineFeaturesResponse
+    from attune.online.ingest import EventIngest, OnlineMetrics
+    from attune.online.redis_store import OnlineLookup
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +103,12 @@ class OnlineAccess:
 
     def __init__(
         self,
-        config: Any,
+        config: OnlineConfig,
         *,
         source: Any,
         store_uri: str,
         writer_id: str,
-        metrics: Any = None,
+        metrics: OnlineMetrics | None = None,
     ) -> None:
         from attune.data.spec import default_spec
         from attune.online.events import EventLog
@@ -110,7 +118,7 @@ class OnlineAccess:
         self._source = source
         self.replica = writer_id
         self.spec_hash = config.spec_hash or default_spec().hash
-        self.metrics = metrics or NullOnlineMetrics()
+        self.metrics: OnlineMetrics = metrics or NullOnlineMetrics()
         self.event_log = EventLog(
             store_uri,
             writer_id=writer_id,
@@ -118,10 +126,10 @@ class OnlineAccess:
             max_age_s=config.events_max_age_s,
             max_buffer=config.events_max_buffer,
         )
-        self._store: Any = None
-        self._ingest: Any = None
+        self._store: OnlineStore | None = None
+        self._ingest: EventIngest | None = None
 
-    async def store(self) -> Any:
+    async def store(self) -> OnlineStore:
         """The online store (connecting on first use)."""
         if self._store is None:
             from ray.serve.handle import DeploymentHandle
@@ -143,7 +151,7 @@ class OnlineAccess:
                 )
         return self._store
 
-    async def ingest(self) -> Any:
+    async def ingest(self) -> EventIngest:
         if self._ingest is None:
             from attune.online.ingest import EventIngest
 
@@ -155,7 +163,7 @@ class OnlineAccess:
             )
         return self._ingest
 
-    async def lookup(self, borrower_id: int, *, spec_hash: str | None = None) -> Any:
+    async def lookup(self, borrower_id: int, *, spec_hash: str | None = None) -> OnlineLookup:
         """Features of one borrower as of now (the ranking path)."""
         store = await self.store()
         try:
@@ -166,7 +174,7 @@ class OnlineAccess:
         self.metrics.looked_up(found.fallback or "hit")
         return found
 
-    async def features(self, borrower_id: int, as_of: Any) -> Any:
+    async def features(self, borrower_id: int, as_of: datetime | None) -> OnlineFeaturesResponse:
         """The ``GET /v1/features/{borrower_id}`` answer."""
         from attune.online.events import OnlineFeaturesResponse
 
@@ -182,7 +190,7 @@ class OnlineAccess:
             replica=self.replica,
         )
 
-    async def post(self, request: Any) -> Any:
+    async def post(self, request: EventsRequest) -> EventsResponse:
         """The ``POST /v1/events`` answer."""
         response = await (await self.ingest()).post(request)
         return response.model_copy(update={"replica": self.replica})
