@@ -52,7 +52,7 @@ def _rollout(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise _config_error(exc) from exc
-    if request.step == "canary" and getattr(args, "ope_decisions", None):
+    if request.step == "canary" and not args.no_ope:
         _ope_gate(args, request)
     rollout = run_step(request, registry_uri=_registry_uri(args.registry))
     _print(rollout.model_dump(mode="json"))
@@ -60,25 +60,40 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def _ope_gate(args: argparse.Namespace, request: Any) -> None:
-    """Refuse the canary when the logs already show it is worse (``--ope-*`` given)."""
+    """Refuse the canary when the served logs already show it is worse.
+
+    Reads the served decisions (``--ope-decisions``, default ``<store>/decisions``) and
+    the reward rows of ``attune outcomes`` (``--ope-outcomes``, default
+    ``<store>/rewards``). Defaulted logs that do not exist yet skip the gate, saying so;
+    paths given explicitly must exist.
+    """
+    from attune import storage
     from attune.registry import Registry
+    from attune.serving.config import AppArgs
     from attune.serving.ope_check import ope_check
     from attune.serving.rollout import deployed_config, rollout_of
 
-    if not args.ope_outcomes:
-        raise ConfigError(field="ope_outcomes", value=None, problem="needed with --ope-decisions")
+    store = AppArgs(store=args.store).store_uri()
+    decisions = args.ope_decisions or storage.join(store, "decisions")
+    outcomes = args.ope_outcomes or storage.join(store, "rewards")
+    if not (args.ope_decisions and args.ope_outcomes):
+        absent = [uri for uri in (decisions, outcomes) if not storage.list_uris(uri)]
+        if absent:
+            _print({"ope_gate": f"skipped: nothing logged yet at {', '.join(absent)}"})
+            return
     champion = rollout_of(deployed_config(), args.app).champion
     check = ope_check(
         registry=Registry(_registry_uri(args.registry)),
         candidate=request.version,
         champion=champion,
-        decisions_uri=args.ope_decisions,
-        outcomes_uri=args.ope_outcomes,
+        decisions_uri=decisions,
+        outcomes_uri=outcomes,
+        estimator=args.ope_estimator,
     )
     if check.decision is None:
-        _print({"ope_gate": "skipped: no logged decision with propensities"})
+        _print({"ope_gate": "skipped: no usable exploring decision", **check.to_dict()})
         return
-    _print({"ope_gate": check.decision.to_dict(), "decisions_used": check.decisions_used})
+    _print({"ope_gate": check.to_dict()})
     if not request.override:
         check.decision.enforce(version=request.version)
 
@@ -159,9 +174,23 @@ def register(subparsers: Any) -> None:
     canary.add_argument("version", help="Version id or alias.")
     canary.add_argument("--percent", type=float, required=True, help="Share of borrowers.")
     canary.add_argument(
-        "--ope-decisions", default=None, help="Decision log to run the off-policy gate on."
+        "--ope-decisions",
+        default=None,
+        help="Served decisions for the off-policy gate (default: <store>/decisions).",
     )
-    canary.add_argument("--ope-outcomes", default=None, help="Outcomes for the off-policy gate.")
+    canary.add_argument(
+        "--ope-outcomes",
+        default=None,
+        help="Reward rows of `attune outcomes` for the gate (default: <store>/rewards).",
+    )
+    canary.add_argument(
+        "--ope-estimator",
+        default="snips",
+        choices=("ips", "snips"),
+        help="Off-policy estimator of the gate (default: snips).",
+    )
+    canary.add_argument("--no-ope", action="store_true", help="Skip the off-policy gate.")
+    canary.add_argument("--store", default=None, help="Store root (default: ATTUNE_STORE).")
     steps.add_parser("promote", parents=[common], help="Make the canary the champion.")
     back = steps.add_parser("rollback", parents=[common], help="Close the canary arm.")
     back.add_argument(
