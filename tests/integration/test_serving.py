@@ -262,6 +262,72 @@ def test_borrower_state_over_http_gives_the_training_feature_vectors(serving: Se
     np.testing.assert_array_equal(np.asarray(record["features"], dtype=np.float32), expected)
 
 
+def _logged(serving: Serving, answers: dict[int, Any]) -> dict[int, dict[str, Any]]:
+    """The primary decision-log rows of ``answers`` (borrower -> answer body), by borrower."""
+    wanted = {a["decision_id"]: b for b, a in answers.items()}
+
+    def rows() -> dict[int, dict[str, Any]]:
+        found = {
+            wanted[r["decision_id"]]: r
+            for r in serving.decisions()
+            if r["decision_id"] in wanted and r["role"] == "primary"
+        }
+        return found if len(found) == len(wanted) else {}
+
+    found = wait_for(rows, timeout=60, what="the decisions in the log")
+    assert isinstance(found, dict)
+    return found
+
+
+def test_exploration_knob_logs_exact_propensities_and_swaps_policies_without_restart(
+    serving: Serving,
+) -> None:
+    """Exploring borrowers (by the assignment hash) get slates drawn by the policy, with
+    per-position propensities that the policy itself gives; others get none. Thompson
+    sampling is a choice of the same live knob, and a new posterior arrives through
+    ``reconfigure`` on the running replica."""
+    from attune.experiments.bandits import DecisionContext, Feedback, build_policy
+    from attune.experiments.exploration import ExplorationConfig, Explorer
+    from attune.experiments.policy_config import ThompsonConfig
+
+    champ = serving.versions["champ"]
+    softmax = ExplorationConfig(policy="softmax", share=0.5, temperature=0.5)
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-explore", exploration=softmax))
+    replica = serving.models()["replica"]
+    explorer = Explorer(softmax, salt="it-explore")
+    answers = {b: serving.rank(rank_body(b, n=5, seed=b)).body for b in range(60)}
+    rows = _logged(serving, answers)
+    exploring = [b for b in answers if explorer.explores(b)]
+    assert 15 < len(exploring) < 45
+    for b, answer in answers.items():
+        row, shown = rows[b], [o["propensity"] for o in answer["options"]]
+        if b not in exploring:
+            assert row["propensities"] is None and shown == [None] * 5
+            continue
+        assert json.loads(row["logging_policy"]) == {"policy": "softmax", "temperature": 0.5}
+        context = DecisionContext(scores=np.asarray(row["scores"]))
+        marginals = explorer.policy.position_probabilities(context, 3)
+        drawn = [row["candidates"].index(o) for o in row["returned_order"][:3]]
+        np.testing.assert_allclose(row["propensities"], marginals[drawn, [0, 1, 2]])
+        np.testing.assert_allclose(shown[:3], row["propensities"])
+
+    # Thompson sampling over the catalog, its posterior learned offline from feedback.
+    policy = build_policy(ThompsonConfig(n_options=len(OPTION_IDS), n_buckets=3, mc_samples=300))
+    policy.update([Feedback(option=2, reward=1.0) for _ in range(30)])
+    thompson = ExplorationConfig(policy="thompson", share=1.0, state=policy.state())
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-explore-2", exploration=thompson))
+    assert serving.models()["replica"] == replica  # reconfigured in place, not restarted
+    answers = {b: serving.rank(rank_body(b, n=5, seed=b)).body for b in range(20)}
+    rows = _logged(serving, answers)
+    context = DecisionContext(options=tuple(range(5)), bucket=0)  # touchpoint "app"
+    marginals = policy.position_probabilities(context, 3)
+    for row in rows.values():
+        drawn = [row["candidates"].index(o) for o in row["returned_order"][:3]]
+        np.testing.assert_allclose(row["propensities"], marginals[drawn, [0, 1, 2]])
+    leading = Counter(row["returned_order"][0] for row in rows.values())
+    assert leading.most_common(1)[0][0] == OPTION_IDS[2]  # what the posterior learned
+
+
 def _arms(serving: Serving, borrowers: range) -> dict[int, str]:
     client = KeepAlive(serving.base)
 
