@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "attune.training.commands",
     "attune.registry.commands",
     "attune.serving.commands",
+    "attune.rewards.commands",
     "attune.experiments.commands",
     "attune.governance.commands",
     "attune.demo.commands",
