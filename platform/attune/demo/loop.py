@@ -153,6 +153,7 @@ class LoopIteration:
     served_oracle_share: float
     promoted: bool
     refused_by: str | None
+    exploration_cost: float = math.nan
     references: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +168,7 @@ class LoopIteration:
             "served_oracle_share": self.served_oracle_share,
             "promoted": self.promoted,
             "refused_by": self.refused_by,
+            "exploration_cost": self.exploration_cost,
             "references": self.references,
         }
 
@@ -175,6 +177,7 @@ class LoopIteration:
 class _Phase:
     index: np.ndarray  # pool indices served
     answers: list[dict[str, Any]]
+    slates: np.ndarray  # (n, SLATE_SIZE) option indices shown
 
 
 class Loop:
@@ -221,7 +224,7 @@ class Loop:
             at=at,
         )
         self.endpoint.post_events(events)
-        return _Phase(index=index, answers=answers)
+        return _Phase(index=index, answers=answers, slates=slates)
 
     def _rewards(self) -> str:
         """Attribute rewards for everything served so far; returns the rewards URI."""
@@ -270,6 +273,10 @@ class Loop:
             RolloutConfig(champion=champion, salt=f"loop-{i}", exploration=cfg.exploration)
         )
         self.served.append(phase.index)
+        truth = self.pool.ground_truth
+        values = truth.subset(self.pool.qid[phase.index])
+        as_served = slate_value(values, phase.slates, truth.position_bias).mean()
+        greedy = self._true_values(champion, phase.index).mean()
         rewards = self._rewards()
         candidate = self.retrain(i, rewards)
         check = ope_check(
@@ -319,6 +326,7 @@ class Loop:
             served_oracle_share=share(true_value if promoted else champion_true),
             promoted=promoted,
             refused_by=refused_by,
+            exploration_cost=float(1.0 - as_served / greedy),
             references=refs,
         )
 
