@@ -484,6 +484,42 @@ def test_rollout_cli_reconfigures_the_running_app(
     assert serving.registry.aliases()["shadow"] == serving.versions["cand"]
 
 
+def test_rollout_canary_runs_the_off_policy_gate_on_served_logs_and_refuses_a_worse_one(
+    serving: Serving, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Served exploring decisions, rewards planted on what the champion ranks first: a
+    candidate whose ranking is unrelated (a model of noise) is refused by ``attune rollout
+    canary`` itself, and neither the aliases nor the app's config move."""
+    import pandas as pd
+
+    from attune.cli import main
+
+    champ, worse = serving.versions["champ"], serving.versions["garbage"]
+    explore = {"policy": "softmax", "share": 1.0, "temperature": 2.0}
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-ope", exploration=explore))
+    answers = {b: serving.rank(rank_body(b, seed=1_000 + b)).body for b in range(200)}
+    rows = _logged(serving, answers)
+    outcomes = []
+    for row in rows.values():  # the option the champion scores highest is the one that pays
+        best = row["candidates"][int(np.argmax(row["scores"]))]
+        outcomes += [
+            {"decision_id": row["decision_id"], "option_id": o, "reward": float(o == best)}
+            for o in row["returned_order"][:3]
+        ]
+    planted = tmp_path / "outcomes.parquet"
+    pd.DataFrame(outcomes).to_parquet(planted)
+    aliases = serving.registry.aliases()
+    common = ["--app", APP, "--registry", serving.registry.uri]
+    gate = ["--ope-decisions", storage.join(serving.store, "decisions"), "--ope-outcomes"]
+    code = main(["rollout", "canary", worse, "--percent", "10", *gate, str(planted), *common])
+    printed = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    verdict = printed["ope_gate"]
+    assert code != 0 and verdict["verdict"]["passed"] is False, json.dumps(printed)
+    assert verdict["estimator"] == "snips" and verdict["decisions_used"] >= 200
+    assert serving.registry.aliases() == aliases
+    assert [m["role"] for m in serving.models()["models"]] == ["champion"]
+
+
 def test_buffered_decisions_are_flushed_when_a_replica_shuts_down(
     serving: Serving, tmp_path: Path
 ) -> None:
