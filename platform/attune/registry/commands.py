@@ -1,7 +1,8 @@
 """``attune registry list|show|alias``: look at versions and move aliases.
 
-``--registry`` defaults to ``<ATTUNE_STORE>/registry``. ``list`` prints a table (or
-JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
+``--registry`` defaults to ``<store>/registry`` (``--store``, else ``ATTUNE_STORE``); a
+registry that does not exist is an error (exit status 5), not an empty table. ``list``
+prints a table (or JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
 ``metrics.json``, the aliases that point at it and its alias history, as JSON;
 ``alias`` moves an alias through the fairness gate (see :mod:`attune.registry.gates`;
 ``--gate-config`` sets its bounds) and prints the recorded move.
@@ -10,7 +11,6 @@ JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -37,9 +37,9 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
 
     def _common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--registry", default=None, help="Registry URI (default: <ATTUNE_STORE>/registry)."
-        )
+        from attune.layout import add_store_argument
+
+        add_store_argument(sub, "registry")
 
     listing = commands.add_parser("list", help="Complete versions, oldest first, with aliases.")
     _common(listing)
@@ -70,17 +70,17 @@ def register(subparsers: Any) -> None:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from attune import storage
+    from attune.layout import require, resolve
     from attune.registry.store import Registry
-    from attune.settings import get_settings
 
-    uri = args.registry or storage.join(get_settings().store, "registry")
+    uri = resolve(args, "registry")
     try:
         parsed = RegistryArgs(registry=uri)
     except ValidationError as exc:
         raise ConfigError(
             field="--registry", value=uri, problem=str(exc.errors()[0]["msg"])
         ) from exc
+    require(parsed.registry, "registry")
     return Registry(parsed.registry)
 
 
@@ -161,6 +161,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _alias(args: argparse.Namespace) -> int:
+    from attune.settings import current_user
+
     registry = _registry(args)
     gate: dict[str, Any] = {}
     if args.gate_config:
@@ -183,17 +185,10 @@ def _alias(args: argparse.Namespace) -> int:
     move = registry.set_alias(
         args.alias,
         args.ref,
-        by=args.by or _current_user(),
+        by=args.by or current_user(),
         justification=args.justification,
         override=args.override,
         **gate,
     )
     print(move.model_dump_json(indent=2))
     return 0
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry / no login name in a container
-        return "unknown"
