@@ -53,7 +53,9 @@ def register(subparsers: Any) -> None:
 
     alias = commands.add_parser("alias", help="Point an alias at a version (gated).")
     alias.add_argument("alias", metavar="ALIAS", help="champion, canary or shadow.")
-    alias.add_argument("ref", metavar="VERSION", help="Version id, or an alias to copy.")
+    alias.add_argument(
+        "ref", metavar="VERSION", help="Version id, an alias to copy, or latest (the newest)."
+    )
     _common(alias)
     alias.add_argument("--by", default=None, help="Who moves it (default: the current user).")
     alias.add_argument(
@@ -182,9 +184,17 @@ def _alias(args: argparse.Namespace) -> int:
                 field="--gate-config", value=args.gate_config, problem="must hold a mapping"
             )
         gate["gate"] = fairness_gate(bounds)
+    ref = args.ref
+    if ref == "latest":
+        versions = registry.versions()
+        if not versions:
+            from attune.errors import VersionNotFound
+
+            raise VersionNotFound(registry=registry.uri, version="latest")
+        ref = versions[-1].version
     move = registry.set_alias(
         args.alias,
-        args.ref,
+        ref,
         by=args.by or current_user(),
         justification=args.justification,
         override=args.override,
