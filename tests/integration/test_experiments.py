@@ -136,7 +136,7 @@ def test_analyze_command_names_a_missing_column(
         "--covariate", "no_such_column",
         "--partitions", "2",
     ]  # fmt: skip
-    assert main(argv) == 2
+    assert main(["--json-errors", *argv]) == 4  # invalid input
     error = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert error["error"] == "SchemaError"
     assert error["details"]["column"] == "no_such_column"

@@ -36,7 +36,8 @@ class Paths:
 
     @property
     def features(self) -> str:
-        return str(self.root / "features")
+        # the store layout's ranking dataset (attune.layout): online snapshots sit beside it
+        return str(self.root / "features" / "latest")
 
     @property
     def registry(self) -> str:

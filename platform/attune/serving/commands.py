@@ -22,10 +22,12 @@ def _config_error(exc: ValidationError) -> ConfigError:
     return ConfigError.from_validation(exc)
 
 
-def _registry_uri(explicit: str | None) -> str:
+def _registry_uri(args: argparse.Namespace) -> str:
+    """``--registry``, else ``<--store or ATTUNE_STORE>/registry``; it must exist."""
+    from attune.layout import require, resolve
     from attune.serving.config import AppArgs
 
-    return AppArgs(registry=explicit).registry_uri()
+    return require(AppArgs(registry=resolve(args, "registry")).registry_uri(), "registry")
 
 
 def _print(obj: Any) -> None:
@@ -35,6 +37,7 @@ def _print(obj: Any) -> None:
 
 def _rollout(args: argparse.Namespace) -> int:
     from attune.serving.rollout import RolloutRequest, deployed_config, rollout_of, run_step
+    from attune.settings import current_user
 
     if args.step == "status":
         _print(rollout_of(deployed_config(), args.app).model_dump(mode="json"))
@@ -46,15 +49,16 @@ def _rollout(args: argparse.Namespace) -> int:
             version=getattr(args, "version", None),
             percent=getattr(args, "percent", None),
             champion=getattr(args, "champion", False),
-            by=args.by,
+            by=args.by or current_user(),
             justification=args.justification,
             override=args.override,
         )
     except ValidationError as exc:
         raise _config_error(exc) from exc
+    registry_uri = _registry_uri(args)  # checked before Ray starts
     if request.step == "canary" and not args.no_ope:
         _ope_gate(args, request)
-    rollout = run_step(request, registry_uri=_registry_uri(args.registry))
+    rollout = run_step(request, registry_uri=registry_uri)
     _print(rollout.model_dump(mode="json"))
     return 0
 
@@ -68,14 +72,14 @@ def _ope_gate(args: argparse.Namespace, request: Any) -> None:
     paths given explicitly must exist.
     """
     from attune import storage
+    from attune.layout import store_layout
     from attune.registry import Registry
-    from attune.serving.config import AppArgs
     from attune.serving.ope_check import ope_check
     from attune.serving.rollout import deployed_config, rollout_of
 
-    store = AppArgs(store=args.store).store_uri()
-    decisions = args.ope_decisions or storage.join(store, "decisions")
-    outcomes = args.ope_outcomes or storage.join(store, "rewards")
+    layout = store_layout(getattr(args, "store", None))
+    decisions = args.ope_decisions or layout.decisions
+    outcomes = args.ope_outcomes or layout.rewards
     if not (args.ope_decisions and args.ope_outcomes):
         absent = [uri for uri in (decisions, outcomes) if not storage.list_uris(uri)]
         if absent:
@@ -83,7 +87,7 @@ def _ope_gate(args: argparse.Namespace, request: Any) -> None:
             return
     champion = rollout_of(deployed_config(), args.app).champion
     check = ope_check(
-        registry=Registry(_registry_uri(args.registry)),
+        registry=Registry(_registry_uri(args)),
         candidate=request.version,
         champion=champion,
         decisions_uri=decisions,
@@ -163,8 +167,10 @@ def register(subparsers: Any) -> None:
     steps = rollout.add_subparsers(dest="step", required=True, metavar="STEP")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--app", default="attune", help="Serve application name.")
-    common.add_argument("--registry", default=None, help="Registry URI (default: store/registry).")
-    common.add_argument("--by", default="attune-rollout", help="Who runs the step (alias log).")
+    from attune.layout import add_store_argument
+
+    add_store_argument(common, "registry")
+    common.add_argument("--by", default=None, help="Who runs the step (default: current user).")
     common.add_argument("--justification", default=None, help="Why (required with --override).")
     common.add_argument("--override", action="store_true", help="Move even if a gate refuses.")
     shadow = steps.add_parser("shadow", parents=[common], help="Mirror requests to a version.")
@@ -190,7 +196,6 @@ def register(subparsers: Any) -> None:
         help="Off-policy estimator of the gate (default: snips).",
     )
     canary.add_argument("--no-ope", action="store_true", help="Skip the off-policy gate.")
-    canary.add_argument("--store", default=None, help="Store root (default: ATTUNE_STORE).")
     steps.add_parser("promote", parents=[common], help="Make the canary the champion.")
     back = steps.add_parser("rollback", parents=[common], help="Close the canary arm.")
     back.add_argument(

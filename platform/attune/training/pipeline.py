@@ -204,7 +204,9 @@ def _ray_connected(address: str | None) -> Iterator[None]:
         return
     # "local" rather than None: None would also join any cluster someone `ray start`ed
     # on this host, which is not what "no RAY_ADDRESS" means here.
-    ray.init(address=address or "local", log_to_driver=False)
+    from attune.runtime import init_ray
+
+    init_ray(address or "local")
     try:
         yield
     finally:
