@@ -177,6 +177,19 @@ def test_attune_tune_registers_one_complete_version(
     assert set(metrics["policy_values"]) == {"model", "random", "legacy", "best_fixed", "oracle"}
     assert metrics["share_of_oracle_lift"]["oracle"] == pytest.approx(1.0)
     assert metrics["sweep"]["trials"] == 8
+    # The winner was selected by the estimated policy value; both splits report the
+    # estimate with its interval and the ground truth's value of the same policy.
+    assert metrics["validation"]["selected_by"] == "policy_value"
+    for split in ("valid", "test"):
+        estimate = metrics["policy_value_estimate"][split]
+        assert estimate["estimator"] == "snips"
+        assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+        assert estimate["covers_true"] == (
+            estimate["ci_low"] <= estimate["true"] <= estimate["ci_high"]
+        )
+    assert metrics["policy_value_estimate"]["test"]["true"] == pytest.approx(
+        metrics["policy_values"]["model"]
+    )
     parity = storage.read_json(storage.join(base, "parity.json"))
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
     lineage = storage.read_json(storage.join(base, "lineage.json"))

@@ -6,14 +6,15 @@ decisions with the propensities they logged):
 
 * **labels** follow the objective (:func:`~attune.training.search_space.training_labels`):
   the graded label (0 ignored … 3 completed and current 14 days later) for
-  ``rank:ndcg``/``rank:pairwise``, "completed" for ``rank:map``;
+  ``rank:ndcg``/``rank:pairwise``, "completed" for ``rank:map``, the reward
+  (label 3) for the pointwise ``binary:logistic``;
 * **weighting** ``"propensity"`` weights each logged slate by the inverse of the
   logging policy's propensities (mean of ``1 / p`` over the slate's rows, clipped at
-  :data:`MAX_WEIGHT` times the median slate's, normalized to mean 1): slates the logging policy rarely
-  shows count for more, which corrects (in expectation, per slate) for who was shown
-  what. XGBoost's ranking objectives take one weight per query group, hence the slate
-  mean; ``"none"`` leaves every slate at weight 1;
-* **position debiasing** (``lambdarank_unbiased`` in the ranker's parameters) makes
+  :data:`MAX_WEIGHT` times the median slate's, normalized to mean 1): slates the
+  logging policy rarely shows count for more, which corrects (per slate) for who was
+  shown what. XGBoost's ranking objectives take one weight per query group, hence the
+  slate mean; ``"none"`` leaves every slate at weight 1;
+* **position debiasing** (``lambdarank_unbiased`` in XGBoost's parameters) makes
   XGBoost estimate the position bias from the order of rows inside each group, so
   :func:`training_matrix` orders every group by logged position.
 """

@@ -436,8 +436,11 @@ def _isnan(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def load_checkpoint(trial: TrialSummary, *, storage_uri: str) -> Any:
-    """The booster of ``trial``'s final checkpoint, cut to its best round; None without one."""
+def load_checkpoint(trial: TrialSummary, *, storage_uri: str, rounds: int | None = None) -> Any:
+    """The booster of ``trial``'s final checkpoint, cut to its best round; None without one.
+
+    ``rounds`` cuts it elsewhere (e.g. at the best NDCG round of a value-selected sweep).
+    """
     if trial.checkpoint is None:
         return None
     from ray.tune import Checkpoint
@@ -449,7 +452,7 @@ def load_checkpoint(trial: TrialSummary, *, storage_uri: str) -> Any:
     )
     # The checkpoint holds every round trained, up to early stopping's patience past
     # the best one; the model is the best round's prefix of the ensemble.
-    return booster[: trial.best_round]
+    return booster[: rounds or trial.best_round]
 
 
 def retrain(
