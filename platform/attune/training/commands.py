@@ -27,7 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs (XGBoost threads) per trial.")
     parser.add_argument("--max-rounds", type=int, help="Boosting-round budget per trial.")
-    parser.add_argument("--early-stopping-rounds", type=int, help="Patience on validation NDCG.")
+    parser.add_argument(
+        "--early-stopping-rounds", type=int, help="Patience on the selection metric."
+    )
+    parser.add_argument(
+        "--select-by",
+        choices=("policy_value", "ndcg"),
+        help="Selection metric: estimated policy value on validation (default) or NDCG@3.",
+    )
+    parser.add_argument(
+        "--weighting",
+        choices=("none", "propensity"),
+        help="Training slate weights from the logging propensities (default none).",
+    )
     parser.add_argument("--scheduler", choices=("asha", "fifo"), help="Trial scheduler.")
     parser.add_argument("--grace-period", type=int, help="Rounds before ASHA may stop a trial.")
     parser.add_argument("--seed", type=int, help="Seed of the search and of XGBoost.")
