@@ -20,6 +20,7 @@ from attune.errors import AttuneError
 _COMMAND_MODULES: tuple[str, ...] = (
     "attune.data.commands",
     "attune.online.commands",
+    "attune.batch.commands",
     "attune.training.commands",
     "attune.registry.commands",
     "attune.serving.commands",
