@@ -114,6 +114,7 @@ def run(
 _COMMAND_MODULES: tuple[str, ...] = (
     "attune.data.commands",
     "attune.online.commands",
+    "attune.batch.commands",
     "attune.training.commands",
     "attune.registry.commands",
     "attune.serving.commands",

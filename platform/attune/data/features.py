@@ -777,6 +777,31 @@ def candidate_matrix(
     :func:`option_rows` and :func:`feature_matrix` build them (a test keeps the two
     equal). Raises :class:`InvalidInput` for an unknown option or touchpoint.
     """
+    return candidate_block(
+        spec,
+        borrowers=borrower[None, :],
+        touchpoint=touchpoint,
+        option_ids=option_ids,
+        position=position,
+    )[0]
+
+
+def candidate_block(
+    spec: FeatureSpec,
+    *,
+    borrowers: npt.NDArray[np.float32],
+    touchpoint: str,
+    option_ids: Sequence[str],
+    position: int = 1,
+) -> npt.NDArray[np.float32]:
+    """``float32[n, len(option_ids), spec.n_features]``: candidate rows of ``n`` borrowers.
+
+    ``borrowers`` is ``float32[n, len(BORROWER_FEATURES)]``. Row ``[b, i]`` is what
+    :func:`candidate_matrix` gives for borrower ``b`` and option ``i`` (it is this
+    function on one borrower): serving builds one borrower's rows, batch ranking
+    (attune.batch) many at once. Raises :class:`InvalidInput` for an unknown option or
+    touchpoint.
+    """
     layout = _layout(spec)
     if touchpoint not in layout.touchpoint_col:
         raise InvalidInput(
@@ -784,8 +809,8 @@ def candidate_matrix(
             field="touchpoint",
             value=touchpoint,
         )
-    out = np.zeros((len(option_ids), layout.n), dtype=np.float32)
-    out[:, layout.borrower_cols] = borrower[layout.borrower_from]
+    out = np.zeros((borrowers.shape[0], len(option_ids), layout.n), dtype=np.float32)
+    out[:, :, layout.borrower_cols] = borrowers[:, None, layout.borrower_from]
     for i, option in enumerate(option_ids):
         col = layout.option_col.get(option)
         if col is None:
@@ -795,9 +820,9 @@ def candidate_matrix(
                 value=option,
             )
         if col >= 0:
-            out[i, col] = 1.0
+            out[:, i, col] = 1.0
     if layout.touchpoint_col[touchpoint] >= 0:
-        out[:, layout.touchpoint_col[touchpoint]] = 1.0
+        out[:, :, layout.touchpoint_col[touchpoint]] = 1.0
     if layout.position_col >= 0:
-        out[:, layout.position_col] = position
+        out[:, :, layout.position_col] = position
     return out
