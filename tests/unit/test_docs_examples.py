@@ -26,6 +26,8 @@ JOB_COMMANDS = {
     "jobs/tune.py": ["tune"],
     "jobs/drift.py": ["monitor", "drift"],
     "jobs/rollout.py": ["rollout"],
+    "jobs/outcomes.py": ["outcomes"],
+    "jobs/rank_batch.py": ["rank-batch"],
 }
 
 ALL = blocks()
