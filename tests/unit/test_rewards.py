@@ -194,12 +194,14 @@ def test_current_follows_the_money_rule_at_the_horizon(paid_late, current):
     assert out["reward"].tolist() == [float(current), 0.0, 0.0]
 
 
-def test_current_is_null_without_known_installments_and_earns_nothing():
+def test_current_without_known_installments_is_true_and_null_without_any_event():
     e = events((7, T0 + timedelta(hours=1), "autopay_on", None, None))
     out = rewards(decisions(decision("d1")), e, config=DEFAULT_CONFIG)
-    assert out["current"].isna().all()
-    assert out["accepted"].tolist() == [True, False, False]
-    assert out["reward"].tolist() == [0.0, 0.0, 0.0]
+    assert out["current"].tolist() == [True] * 3
+    assert out["reward"].tolist() == [1.0, 0.0, 0.0]
+    unknown = rewards(decisions(decision("d1", borrower=9)), e, config=DEFAULT_CONFIG)
+    assert unknown["current"].isna().all()
+    assert unknown["reward"].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_weights_combine_acceptance_and_currentness():
@@ -314,3 +316,20 @@ def _options_yaml() -> str:
     import yaml
 
     return yaml.safe_dump({"options": DEFAULT_CONFIG.model_dump(mode="json")["options"]})
+
+
+def test_a_plans_reaging_payment_never_completes_pay_now():
+    """plan_accepted then a payment of the same amount a second later is the plan's booking."""
+    order = ("payment_plan", "pay_now", "autopay_enroll")
+    at = T0 + timedelta(hours=1)
+    booked = events(
+        *_money(7, False),
+        (7, at, "plan_accepted", 100.0, None),
+        (7, at + timedelta(seconds=1), "payment_late", 100.0, None),
+    )
+    out = rewards(decisions(decision("d1", order=order)), booked, config=DEFAULT_CONFIG)
+    assert out["accepted"].tolist() == [True, False, False]
+    assert out["current"].tolist() == [True] * 3  # the payment still counts for the money
+    paid = events(*_money(7, False), (7, at, "payment_late", 100.0, None))
+    out = rewards(decisions(decision("d1", order=order)), paid, config=DEFAULT_CONFIG)
+    assert out["accepted"].tolist() == [False, True, False]

@@ -14,10 +14,12 @@ Attribution (docs/rewards.md):
   window_days(option)``; events at or before the decision never count;
 * each completion event credits one shown option: of the decisions of that borrower whose
   window holds the event and that showed a matching option, the latest (last touch); in
-  that decision, the matching options are credited in position order, one per event;
+  that decision, each event (in time order) credits the first matching option (by
+  position) no earlier event credited; a plan's re-aging payment (a payment of the
+  arrears right after ``plan_accepted``) is bookkeeping, not a payment, and credits nothing;
 * ``current`` is the history's money rule at ``decision.ts + current_after_days``: the
   cents of ``payment_on_time`` / ``payment_late`` / ``payment_partial`` cover the cents of
-  ``installment_due``; null when no installment of the borrower is known by then;
+  ``installment_due``; null when no event of the borrower is known by then;
 * a decision is left out, not scored, until every one of its windows has closed
   (``window_end <= as_of``).
 """
@@ -76,13 +78,15 @@ DECISION_COLUMNS: tuple[str, ...] = (
 EVENT_COLUMNS: tuple[str, ...] = ("borrower_hash", "ts", "event_type", "amount", "channel")
 _PAID = ("payment_on_time", "payment_late", "payment_partial")
 _DUE = "installment_due"
+#: A payment this many seconds after a ``plan_accepted`` of its amount is the plan's re-aging.
+REAGING_S = 60
 #: Event types the money rule reads.
 MONEY_TYPES: frozenset[str] = frozenset((*_PAID, _DUE))
 
 
 def relevant_event_types(config: RewardConfig) -> frozenset[str]:
     """Event types :func:`attribute_rewards` reads under ``config`` (others can be dropped)."""
-    return config.event_types | MONEY_TYPES
+    return config.event_types | MONEY_TYPES | {"plan_accepted"}
 
 
 def hash_events(events: pd.DataFrame, *, salt: str) -> pd.DataFrame:
@@ -172,7 +176,8 @@ def _credited(rows: pd.DataFrame, events: pd.DataFrame, config: RewardConfig) ->
     ]
     rule_frame = pd.DataFrame(rules, columns=["option_id", "key", "window_days"])
     wanted = rows.reset_index(names="row").merge(rule_frame, on="option_id")
-    ev = events.loc[events["event_type"].isin(config.event_types)].reset_index(drop=True)
+    completing = events["event_type"].isin(config.event_types).to_numpy()
+    ev = events.loc[completing & ~_reaging_payments(events)].reset_index(drop=True)
     if ev.empty or wanted.empty:
         return accepted
     ev = ev.reset_index(names="event")
@@ -198,45 +203,72 @@ def _credited(rows: pd.DataFrame, events: pd.DataFrame, config: RewardConfig) ->
     pairs = pairs.loc[
         (pairs["ts"] == latest["ts"]) & (pairs["decision_id"] == latest["decision_id"])
     ]
-    # inside a decision: the k-th event (in time) credits the k-th matching option (by position)
-    pairs = pairs.drop_duplicates(["event", "row"])
-    ranked_events = (
-        pairs.drop_duplicates(["decision_id", "event"])
-        .sort_values(["decision_id", "event_ts", "event"])
-        .assign(k=lambda f: f.groupby("decision_id").cumcount())[["decision_id", "event", "k"]]
+    # inside a decision: each event, in time order, credits the first matching option (by
+    # position) that no earlier event credited
+    pairs = pairs.drop_duplicates(["event", "row"]).sort_values(
+        ["decision_id", "event_ts", "event", "position"], kind="stable"
     )
+    used_events: set[int] = set()
     matched: set[int] = set()
-    for _, group in (
-        pairs.merge(ranked_events, on=["decision_id", "event"])
-        .sort_values(["decision_id", "k", "position"])
-        .groupby("decision_id", sort=False)
-    ):
-        for event_rows in group.groupby("k", sort=True)["row"]:
-            for row in event_rows[1]:
-                if row not in matched:
-                    matched.add(int(row))
-                    break
+    for event, row in zip(pairs["event"].tolist(), pairs["row"].tolist(), strict=True):
+        if event in used_events or row in matched:
+            continue
+        used_events.add(event)
+        matched.add(row)
     accepted[list(matched)] = True
     return accepted
 
 
-def _current(rows: pd.DataFrame, events: pd.DataFrame, config: RewardConfig) -> np.ndarray:
-    """The money rule at ``ts + current_after_days`` per row: True, False or None."""
-    out = np.full(len(rows), None, dtype=object)
-    money = events.loc[events["event_type"].isin(MONEY_TYPES)]
-    if rows.empty or money.empty:
+def _reaging_payments(events: pd.DataFrame) -> np.ndarray:
+    """Payments that book a plan's re-aging (after a ``plan_accepted`` of the same amount).
+
+    The history has no adjustment event type, so a plan accepted while delinquent is
+    booked as ``plan_accepted`` then a ``payment_late`` of the arrears re-aged, within
+    :data:`REAGING_S` (docs/simulator.md): not a payment the borrower made, so it never
+    completes a payment option.
+    """
+    out = np.zeros(len(events), dtype=bool)
+    kind = events["event_type"]
+    pay = events.loc[kind.isin(_PAID), ["borrower_hash", "ts", "amount"]]
+    plans = events.loc[kind == "plan_accepted", ["borrower_hash", "ts", "amount"]]
+    if pay.empty or plans.empty:
         return out
-    cents = np.round(money["amount"].fillna(0.0).to_numpy(dtype=np.float64) * 100).astype(np.int64)
-    is_due = (money["event_type"] == _DUE).to_numpy()
+    joined = pd.merge_asof(
+        pay.reset_index(names="i").sort_values("ts", kind="stable"),
+        plans.rename(columns={"amount": "plan_amount"}).sort_values("ts", kind="stable"),
+        on="ts",
+        by="borrower_hash",
+        direction="backward",
+        tolerance=pd.Timedelta(seconds=REAGING_S),
+    )
+    hit = joined["plan_amount"].notna() & np.isclose(
+        joined["amount"].fillna(-1.0), joined["plan_amount"].fillna(-2.0)
+    )
+    out[joined.loc[hit, "i"].to_numpy()] = True
+    return out
+
+
+def _current(rows: pd.DataFrame, events: pd.DataFrame, config: RewardConfig) -> np.ndarray:
+    """The money rule at ``ts + current_after_days`` per row: True, False or None.
+
+    None when no event of the borrower is known by then; a borrower whose known events
+    hold no installment owes nothing, so is current.
+    """
+    out = np.full(len(rows), None, dtype=object)
+    if rows.empty or events.empty:
+        return out
+    kind = events["event_type"].to_numpy()
+    cents = np.round(events["amount"].fillna(0.0).to_numpy(dtype=np.float64) * 100)
+    owed = np.where(kind == _DUE, cents, np.where(np.isin(kind, _PAID), -cents, 0.0))
     ledger = pd.DataFrame(
         {
-            "borrower_hash": money["borrower_hash"].to_numpy(),
-            "at": money["ts"].to_numpy(),
-            "owed": np.where(is_due, cents, -cents),
-            "dues": is_due.astype(np.int64),
+            "borrower_hash": events["borrower_hash"].to_numpy(),
+            "at": events["ts"].to_numpy(),
+            "owed": owed.astype(np.int64),
+            "seen": np.ones(len(events), dtype=np.int64),
         }
     ).sort_values(["borrower_hash", "at"], kind="stable")
-    ledger[["owed", "dues"]] = ledger.groupby("borrower_hash")[["owed", "dues"]].cumsum()
+    ledger[["owed", "seen"]] = ledger.groupby("borrower_hash")[["owed", "seen"]].cumsum()
     ledger = ledger.sort_values("at", kind="stable")
     judge = pd.DataFrame(
         {
@@ -246,7 +278,7 @@ def _current(rows: pd.DataFrame, events: pd.DataFrame, config: RewardConfig) -> 
         }
     ).sort_values("at", kind="stable")
     joined = pd.merge_asof(judge, ledger, on="at", by="borrower_hash", direction="backward")
-    known = joined["dues"].fillna(0).to_numpy() > 0
+    known = joined["seen"].fillna(0).to_numpy() > 0
     values = joined["owed"].fillna(0).to_numpy() <= 0
     out[joined["row"].to_numpy()[known]] = values[known]
     return out
