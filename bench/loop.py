@@ -41,8 +41,7 @@ def _one_seed(args: argparse.Namespace, seed: int, root: Path) -> list[dict[str,
     from attune.data.pipeline import preprocess
     from attune.data.simulator import GenerateConfig, generate
     from attune.demo.endpoints import LocalEndpoint
-    from attune.demo.environment import SimulatedBorrowers
-    from attune.demo.loop import Loop, LoopConfig, load_pool
+    from attune.demo.loop import Loop, LoopConfig, load_pool, simulator
     from attune.registry import Registry
     from attune.serving.model import OnnxScorer
     from attune.training.config import TuneConfig
@@ -71,6 +70,8 @@ def _one_seed(args: argparse.Namespace, seed: int, root: Path) -> list[dict[str,
         return train_and_register(config).version_id
 
     champion = train("champion", seed)
+    pool = load_pool(features)
+    environment, truth = simulator(pool, histories, seed=seed)
     registry = Registry(registry_uri)
     registry.set_alias("champion", champion, by="bench", justification="bench", override=True)
     scorers: dict[str, OnnxScorer] = {}
@@ -88,8 +89,9 @@ def _one_seed(args: argparse.Namespace, seed: int, root: Path) -> list[dict[str,
         endpoint=LocalEndpoint(
             registry=registry, store=str(root), borrower_salt=f"bench-{seed}", seed=seed
         ),
-        environment=SimulatedBorrowers(histories, seed=seed),
-        pool=load_pool(features, histories),
+        environment=environment,
+        truth=truth,
+        pool=pool,
         retrain=lambda i, rewards: train(f"loop-{i + 1}", seed + 100 + i, (rewards,)),
         score=score,
         registry=registry,

@@ -145,6 +145,7 @@ def test_analyze_command_names_a_missing_column(
 
 # ----------------------------------------------------------------------------- simulator
 
+
 def _generate(root: Path, seed: int, borrowers: int = 800) -> None:
     config = GenerateConfig(
         borrowers=borrowers, months=2, seed=seed, out=str(root), parallel="local"

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from attune.data.ground_truth import GroundTruth
 from attune.data.schema import OPTION_IDS
 from attune.demo.endpoints import LocalEndpoint
 from attune.demo.loop import Estimate, LoopIteration, Pool, plot_loop, summary_frame
@@ -24,13 +23,9 @@ def _pool(borrowers: list[int]) -> Pool:
         qid=np.arange(n, dtype=np.int64),
         borrower_id=np.asarray(borrowers, dtype=np.int64),
         bodies=[{} for _ in borrowers],
+        touchpoint=["app"] * n,
         candidates=np.zeros((n * len(OPTION_IDS), 4), dtype=np.float32),
         legacy=np.zeros((n, 3), dtype=np.int64),
-        ground_truth=GroundTruth(
-            presentation_ids=np.arange(n, dtype=np.int64),
-            values=np.full((n, len(OPTION_IDS)), 0.1),
-            position_bias=np.asarray([0.9, 0.6, 0.4]),
-        ),
     )
 
 

@@ -440,8 +440,7 @@ def learning_loop(
     """Serve with exploration → rewards → retrain → OPE gate → canary → promote or refuse,
     ``config.loop_iterations`` times, on held-out presentations (attune.demo.loop)."""
     from attune.demo.endpoints import HttpEndpoint
-    from attune.demo.environment import SimulatedBorrowers
-    from attune.demo.loop import Loop, LoopConfig, load_pool, plot_loop
+    from attune.demo.loop import Loop, LoopConfig, load_pool, plot_loop, simulator
     from attune.registry import Registry
     from attune.serving.model import OnnxScorer
     from attune.settings import get_settings
@@ -449,7 +448,8 @@ def learning_loop(
     from attune.training.pipeline import train_and_register
 
     registry = Registry(paths.registry)
-    pool = load_pool(paths.features, paths.histories)
+    pool = load_pool(paths.features)
+    environment, truth = simulator(pool, paths.histories, seed=config.seed)
     scorers: dict[str, OnnxScorer] = {}
 
     def score(version: str, rows: Any) -> Any:
@@ -484,7 +484,8 @@ def learning_loop(
             app=APP,
             concurrency=config.concurrency,
         ),
-        environment=SimulatedBorrowers(paths.histories, seed=config.seed),
+        environment=environment,
+        truth=truth,
         pool=pool,
         retrain=retrain,
         score=score,

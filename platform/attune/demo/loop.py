@@ -12,9 +12,11 @@ seeded runs). Either way decisions go to ``<store>/decisions``, posted events to
 ``<store>/events_online`` and reward rows to ``<store>/rewards``, through the same
 writers, attribution and gate as production. The borrowers are held-out presentations
 of the simulator (test split): each request carries the borrower's state at that
-presentation, and :class:`attune.demo.environment`'s answers follow the simulator's
-ground truth for it. Every phase draws borrowers not served before in the loop, so an
-event can only be credited to the decision that caused it.
+presentation, and :class:`attune.data.environment.SimulatorEnvironment` answers every
+served slate from the simulator's ground truth for it. Values are priced exactly in
+reward units by :class:`attune.rewards.true_value.TrueValue`. Every phase draws
+borrowers not served before in the loop, so an event can only be credited to the
+decision that caused it.
 
 Each iteration is summarized as a :class:`LoopIteration` (``summary.json``'s ``loop``).
 """
@@ -32,15 +34,11 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from attune import storage
-from attune.data.ground_truth import (
-    GroundTruth,
-    policy_values,
-    share_of_oracle_lift,
-    slate_value,
-    top_k_slates,
-)
+from attune.data.environment import ServedSlate, SimulatorEnvironment
+from attune.data.ground_truth import share_of_oracle_lift
 from attune.data.schema import OPTION_IDS, SLATE_SIZE
 from attune.experiments.exploration import ExplorationConfig
+from attune.rewards.true_value import TrueValue
 from attune.serving.config import RolloutConfig
 
 
@@ -78,15 +76,6 @@ class Endpoint(Protocol):
         """Return once every answered decision and posted event is written to the store."""
 
 
-class Environment(Protocol):
-    """Borrowers answering served slates (attune.demo.environment)."""
-
-    def respond(
-        self, *, qids: np.ndarray, borrower_ids: np.ndarray, slates: np.ndarray, at: datetime
-    ) -> list[dict[str, Any]]:
-        """Servicing events caused by showing ``slates[i]`` at presentation ``qids[i]``."""
-
-
 #: Trains a candidate on the histories plus the reward rows under a URI; returns its version.
 Retrain = Callable[[int, str], str]
 #: Scores ``(n * n_options, n_features)`` candidate rows with a registered version.
@@ -95,14 +84,14 @@ Score = Callable[[str, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Pool:
-    """Held-out presentations: request bodies, candidate rows and true option values."""
+    """Held-out presentations: request bodies and candidate rows."""
 
     qid: np.ndarray  # (n,)
     borrower_id: np.ndarray  # (n,)
     bodies: list[dict[str, Any]]
+    touchpoint: list[str]
     candidates: np.ndarray  # (n * n_options, n_features), catalog order, position 1
-    legacy: np.ndarray  # (n, SLATE_SIZE) logged slates
-    ground_truth: GroundTruth
+    legacy: np.ndarray  # (n, SLATE_SIZE) logged slates, -1 where a position was empty
 
     def draw(self, n: int, rng: np.random.Generator, used: set[int]) -> np.ndarray:
         """Indices of up to ``n`` presentations of distinct, not yet ``used`` borrowers."""
@@ -188,7 +177,8 @@ class Loop:
         *,
         config: LoopConfig,
         endpoint: Endpoint,
-        environment: Environment,
+        environment: SimulatorEnvironment,
+        truth: TrueValue,
         pool: Pool,
         retrain: Retrain,
         score: Score,
@@ -199,6 +189,7 @@ class Loop:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config, self.endpoint, self.environment = config, endpoint, environment
+        self.truth = truth
         self.pool, self.retrain, self.score, self.registry = pool, retrain, score, registry
         self.salt, self.champion, self.promote, self.clock = salt, champion, promote, clock
         self.rng = np.random.default_rng(config.seed)
@@ -217,13 +208,17 @@ class Loop:
             [[position[o["option_id"]] for o in a["options"][:SLATE_SIZE]] for a in answers],
             dtype=np.int64,
         )
-        events = self.environment.respond(
-            qids=self.pool.qid[index],
-            borrower_ids=self.pool.borrower_id[index],
-            slates=slates,
-            at=at,
-        )
-        self.endpoint.post_events(events)
+        served = [
+            ServedSlate(
+                borrower_id=int(self.pool.borrower_id[i]),
+                ts=at,
+                touchpoint=self.pool.touchpoint[i],
+                options=tuple(OPTION_IDS[j] for j in slate),
+                presentation_id=int(self.pool.qid[i]),
+            )
+            for i, slate in zip(index.tolist(), slates.tolist(), strict=True)
+        ]
+        self.endpoint.post_events(self.environment.answer(served))
         return _Phase(index=index, answers=answers, slates=slates)
 
     def _rewards(self) -> str:
@@ -250,18 +245,19 @@ class Loop:
 
     # ---------------------------------------------------------------- truth
 
-    def _true_values(self, version: str, index: np.ndarray) -> np.ndarray:
-        """Expected reward of ``version``'s greedy top slate at each presentation."""
+    def _true_value(self, version: str, index: np.ndarray) -> float:
+        """Expected reward per decision of ``version``'s greedy top slates."""
         scores = self.score(version, self.pool.rows(index)).reshape(len(index), -1)
-        values = self.pool.ground_truth.subset(self.pool.qid[index])
-        return slate_value(values, top_k_slates(scores), self.pool.ground_truth.position_bias)
+        return self.truth.policy_value(self.pool.qid[index], scores)
 
     def _references(self, index: np.ndarray) -> dict[str, float]:
-        return policy_values(
-            self.pool.ground_truth,
-            presentation_ids=self.pool.qid[index],
-            legacy_slates=self.pool.legacy[index],
-        )
+        qid = self.pool.qid[index]
+        refs = self.truth.reference(qid)
+        legacy = self.pool.legacy[index]
+        complete = (legacy >= 0).all(axis=1)
+        rows = self.truth.states.rows(qid[complete])
+        refs["legacy"] = float(self.truth.expected(rows, legacy[complete]).mean())
+        return refs
 
     # ---------------------------------------------------------------- iteration
 
@@ -273,10 +269,9 @@ class Loop:
             RolloutConfig(champion=champion, salt=f"loop-{i}", exploration=cfg.exploration)
         )
         self.served.append(phase.index)
-        truth = self.pool.ground_truth
-        values = truth.subset(self.pool.qid[phase.index])
-        as_served = slate_value(values, phase.slates, truth.position_bias).mean()
-        greedy = self._true_values(champion, phase.index).mean()
+        rows = self.truth.states.rows(self.pool.qid[phase.index])
+        as_served = float(self.truth.expected(rows, phase.slates).mean())
+        greedy = self._true_value(champion, phase.index)
         rewards = self._rewards()
         candidate = self.retrain(i, rewards)
         check = ope_check(
@@ -300,8 +295,8 @@ class Loop:
             }
         seen = np.concatenate(self.served)
         refs = self._references(seen)
-        true_value = float(self._true_values(candidate, seen).mean())
-        champion_true = float(self._true_values(champion, seen).mean())
+        true_value = self._true_value(candidate, seen)
+        champion_true = self._true_value(champion, seen)
         realized, promoted, refused_by = None, False, None
         if check.decision is not None and not check.decision.passed:
             refused_by = "ope"
@@ -420,11 +415,10 @@ def plot_loop(iterations: Sequence[LoopIteration], path: str) -> str:
     return path
 
 
-def load_pool(features: str, histories: str) -> Pool:
+def load_pool(features: str) -> Pool:
     """Every test-split presentation of a preprocessed history as loop traffic."""
     import json
 
-    from attune.data.ground_truth import load_ground_truth
     from attune.demo.traffic import presentations
     from attune.training.dataset import load_dataset
     from attune.training.evaluate import presentations_from_split
@@ -434,12 +428,24 @@ def load_pool(features: str, histories: str) -> Pool:
     shown = presentations_from_split(split, dataset.spec)
     requests = presentations(split, dataset.spec, limit=len(shown.qid), seed=0)
     by_qid = {p.qid: p for p in requests}
-    ordered = [by_qid[int(q)] for q in shown.qid]
+    bodies = [json.loads(by_qid[int(q)].body) for q in shown.qid]
     return Pool(
         qid=shown.qid,
-        borrower_id=np.asarray([p.borrower_id for p in ordered], dtype=np.int64),
-        bodies=[json.loads(p.body) for p in ordered],
+        borrower_id=np.asarray([b["borrower_id"] for b in bodies], dtype=np.int64),
+        bodies=bodies,
+        touchpoint=[b["context"]["touchpoint"] for b in bodies],
         candidates=shown.candidates,
         legacy=shown.logged,
-        ground_truth=load_ground_truth(histories, presentation_ids=shown.qid),
     )
+
+
+def simulator(pool: Pool, histories: str, *, seed: int) -> tuple[SimulatorEnvironment, TrueValue]:
+    """The environment answering the pool's presentations, and its true values in the
+    units of the default reward definition. ``attune outcomes`` in the loop reads only
+    posted events, so the environment keeps its own ledger from zero."""
+    from attune.rewards.config import DEFAULT_CONFIG
+
+    env = SimulatorEnvironment.from_history(
+        histories, seed=seed, presentation_ids=pool.qid, history_ledger=False
+    )
+    return env, TrueValue(env, DEFAULT_CONFIG)
