@@ -83,10 +83,15 @@ def _load_schema(path: Path, api_version: str) -> dict[str, Any]:
     raise AssertionError(f"{path.name} has no version {version}")
 
 
+def _docs(path: Path) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs and all(isinstance(d, dict) for d in docs), path
+    return docs
+
+
 def _load(path: Path) -> dict[str, Any]:
-    doc = yaml.safe_load(path.read_text())
-    assert isinstance(doc, dict), path
-    return doc
+    """The KubeRay resource of a manifest (its first document; a NetworkPolicy follows)."""
+    return _docs(path)[0]
 
 
 def test_every_kuberay_kind_has_a_manifest() -> None:

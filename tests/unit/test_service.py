@@ -193,7 +193,8 @@ def test_a_canary_with_garbage_scores_is_rolled_back_on_score_drift(store: DictS
     assert any(r.arm == "canary" for r in served)
     h.service.run_background(max_jobs=1_000)
     assert [v for v, _ in h.rollbacks] == ["garbage"]
-    assert "score drift" in h.rollbacks[0][1][0]
+    # Any position: on a busy host the p99 latency bound may breach too.
+    assert any("score drift" in reason for reason in h.rollbacks[0][1])
     assert {h.rank(rank_body(b, n=3)).arm for b in range(60)} == {"champion"}
 
 
