@@ -318,8 +318,13 @@ class RankingIngress:
             self._wake.set()
             await asyncio.to_thread(self._worker.join, 10)
         if self._decision_log is not None:
-            written = await asyncio.to_thread(self._decision_log.flush)
-            log.info("shutdown: flushed %d decisions (%s)", written, self._decision_log.stats())
+            written, lost = await asyncio.to_thread(self._decision_log.close)
+            log.info(
+                "shutdown: flushed %d decisions, dropped %d (%s)",
+                written,
+                lost,
+                self._decision_log.stats(),
+            )
         if self._online is not None:
             events = await self._online.close()
             log.info("shutdown: wrote %d posted events", events)
