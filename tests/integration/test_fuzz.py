@@ -68,18 +68,21 @@ EXTREME_EXAMPLES = 200
 
 
 def _valid_bodies() -> Any:
-    """Bodies that pass RankRequest, with any finite float64 as a feature or state value.
+    """Bodies that pass RankRequest, with any number the API takes as a feature or state.
 
     Schema-driven generation rarely gets past the cross-field checks (unique options,
-    feature vectors of the spec's length), so these reach the model on purpose: values
-    beyond float32's range, subnormals, huge borrower ids.
+    feature vectors of the spec's length), so these reach the model on purpose: the
+    float32 extremes, subnormals, huge borrower ids. (Numbers beyond float32's range are
+    refused with 422: see test_hardening.py.)
     """
     from hypothesis import strategies as st
 
-    from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES
+    from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES, FLOAT32_MAX
     from attune.serving.api import RankRequest
 
-    value = st.floats(allow_nan=False, allow_infinity=False)
+    value = st.floats(
+        min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX, allow_nan=False, allow_infinity=False
+    )
     options = st.lists(st.sampled_from(OPTION_IDS), min_size=1, max_size=8, unique=True)
     vectors = st.lists(value, min_size=len(FEATURE_NAMES), max_size=len(FEATURE_NAMES))
 
