@@ -380,13 +380,14 @@ def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def too_large(length: int | str, limit: int) -> JSONResponse:
-    """The 413 answer for a body of ``length`` bytes (or more) over ``limit``."""
+def too_large(length: int | str, limit: int, *, declared: bool = True) -> JSONResponse:
+    """The 413 answer for a body of ``length`` bytes (declared, or counted) over ``limit``."""
+    what = f"content-length {length}" if declared else f"request body of {length} bytes"
     return _error(
         413,
         {
             "error": "PayloadTooLarge",
-            "message": f"request body of {length} bytes exceeds {limit} bytes",
+            "message": f"{what} exceeds {limit} bytes",
             "details": {"limit": limit},
         },
     )
@@ -438,7 +439,9 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await too_large(f"more than {self.limit}", self.limit)(scope, receive, send)
+                await too_large(f"more than {self.limit}", self.limit, declared=False)(
+                    scope, receive, send
+                )
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
