@@ -29,6 +29,7 @@ spec:
 _CLUSTER = """\
   rayClusterConfig:
     rayVersion: "2.60.0"
+    authOptions: {mode: token}
     enableInTreeAutoscaling: true
     headGroupSpec:
       rayStartParams:
@@ -37,7 +38,10 @@ _CLUSTER = """\
         metrics-export-port: "8080"
       template:
         metadata:
-          labels: {app.kubernetes.io/name: attune, app.kubernetes.io/component: head}
+          labels:
+            app.kubernetes.io/name: attune
+            app.kubernetes.io/component: head
+            attune.io/ray-cluster: ranking
         spec:
           containers:
             - name: ray-head
@@ -54,8 +58,13 @@ _CLUSTER = """\
                 - name: ATTUNE_REDIS_URL
                   valueFrom:
                     secretKeyRef: {name: attune-redis, key: url}
+                # Borrower-hash salt: a secret; the default or a short one fails the deploy.
+                - name: ATTUNE_BORROWER_SALT
+                  valueFrom:
+                    secretKeyRef: {name: attune-borrower-salt, key: salt}
               envFrom:
                 - secretRef: {name: attune-s3}
+                # ATTUNE_API_TOKEN, and ATTUNE_API_TOKEN_NEXT while a token rotates.
                 - secretRef: {name: attune-api-token}
               resources:
                 limits: {cpu: "2", memory: 8Gi}
@@ -69,7 +78,10 @@ _CLUSTER = """\
           metrics-export-port: "8080"
         template:
           metadata:
-            labels: {app.kubernetes.io/name: attune, app.kubernetes.io/component: worker}
+            labels:
+              app.kubernetes.io/name: attune
+              app.kubernetes.io/component: worker
+              attune.io/ray-cluster: ranking
           spec:
             containers:
               - name: ray-worker
@@ -83,12 +95,53 @@ _CLUSTER = """\
                   - name: ATTUNE_REDIS_URL
                     valueFrom:
                       secretKeyRef: {name: attune-redis, key: url}
+                  # Borrower-hash salt: a secret; the default or a short one fails the deploy.
+                  - name: ATTUNE_BORROWER_SALT
+                    valueFrom:
+                      secretKeyRef: {name: attune-borrower-salt, key: salt}
                 envFrom:
                   - secretRef: {name: attune-s3}
+                  # ATTUNE_API_TOKEN, and ATTUNE_API_TOKEN_NEXT while a token rotates.
                   - secretRef: {name: attune-api-token}
                 resources:
                   limits: {cpu: "4", memory: 8Gi}
                   requests: {cpu: "4", memory: 8Gi}
+---
+# Who may reach the pods of this Ray cluster. Ray's control plane (GCS 6379, dashboard and
+# job API 8265, client 10001, object manager and worker ports) is reachable only from the
+# cluster's own pods, plus the dashboard from KubeRay (the operator and the pods it creates
+# apply Serve configs and submit jobs there, with the Ray token). Metrics from this
+# namespace's Prometheus. Nothing is reachable from outside the namespace but Serve.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: attune-ranking-ray
+  labels: {app.kubernetes.io/name: attune}
+spec:
+  podSelector:
+    matchLabels: {attune.io/ray-cluster: ranking}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels: {attune.io/ray-cluster: ranking}
+    - from:
+        - namespaceSelector: {}
+          podSelector:
+            matchLabels: {app.kubernetes.io/name: kuberay-operator}
+        - podSelector:
+            matchLabels: {app.kubernetes.io/created-by: kuberay-operator}
+      ports:
+        - {port: 8265, protocol: TCP}
+    - from:
+        - podSelector: {}
+      ports:
+        - {port: 8080, protocol: TCP}
+    # Serve: the only port reachable from outside the namespace.
+    - from:
+        - namespaceSelector: {}
+      ports:
+        - {port: 8000, protocol: TCP}
 """
 
 

@@ -28,10 +28,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class WaitAborted(AssertionError):
+    """Raised by a :func:`wait_for` condition that can never come true (a crashed helper
+    process): ``wait_for`` re-raises it at once instead of waiting out its timeout."""
+
+
 def wait_for(
     condition: Callable[[], object], *, timeout: float = 60.0, interval: float = 0.2, what: str = ""
 ) -> object:
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail)."""
+    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail).
+
+    Exceptions of the condition count as "not yet" (the thing may still be starting),
+    except :class:`WaitAborted`, which ends the wait at once.
+    """
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -39,6 +48,8 @@ def wait_for(
             value = condition()
             if value:
                 return value
+        except WaitAborted:
+            raise
         except Exception as exc:  # the condition may fail while the thing starts
             last_exc = exc
         time.sleep(interval)

@@ -11,8 +11,13 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The public default salt: fine for local runs, refused where it would protect real ids.
+DEFAULT_BORROWER_SALT = "attune-default-salt"
+#: Shortest borrower salt accepted where it matters (a short salt can be brute-forced).
+MIN_BORROWER_SALT_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -29,14 +34,19 @@ class Settings(BaseSettings):
         description="Ray cluster to join; unset starts a local Ray in-process.",
     )
     s3_max_attempts: int = Field(default=5, ge=1, le=20, description="Attempts per S3 call.")
-    borrower_salt: str = Field(
-        default="attune-default-salt",
-        description="Salt for hashing borrower ids in logs and metrics.",
+    borrower_salt: SecretStr = Field(
+        default=SecretStr(DEFAULT_BORROWER_SALT),
+        description="Salt for hashing borrower ids in logs and metrics (a secret: refused "
+        "when default or short wherever auth is required or the store is s3://).",
     )
-    api_token: str | None = Field(
-        default=None, description="Bearer token required by the ingress when set."
+    api_token: SecretStr | None = Field(
+        default=None, description="Current bearer token of the ingress (every scope)."
     )
-    redis_url: str | None = Field(
+    api_token_next: SecretStr | None = Field(
+        default=None,
+        description="Next bearer token, accepted beside the current one during a rotation.",
+    )
+    redis_url: SecretStr | None = Field(
         default=None,
         description="Online store (Redis protocol), e.g. redis://host:6379/0; unset: local "
         "runs start a redis-server with its data under the store.",

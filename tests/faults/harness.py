@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import wait_for
+from tests.conftest import WaitAborted, wait_for
 from tests.integration.serving_fixtures import (
     garbage_onnx,
     http,
@@ -158,10 +158,26 @@ class FaultApp:
 
         wait_for(empty, timeout=timeout, interval=0.3, what="decision buffers to drain")
 
-    def reset_rollout(self) -> None:
+    def reset_rollout(self, timeout: float = 90) -> None:
+        """Deploy the base rollout and wait until every live replica has applied it.
+
+        Replicas apply a new user_config through reconfigure, a moment apart: the next
+        scenario must not start while one still serves the previous rollout.
+        """
         from attune.serving.rollout import update_rollout
 
-        update_rollout(APP, lambda _: self.base_rollout)
+        base = self.base_rollout
+        update_rollout(APP, lambda _: base)
+        wanted = {"champion": base.champion}
+
+        def applied() -> bool:
+            stats = self.replica_stats()
+            return all(
+                s["salt"] == base.salt and {m["role"]: m["version"] for m in s["models"]} == wanted
+                for s in stats.values()
+            )
+
+        wait_for(applied, timeout=timeout, interval=0.3, what="every replica on the base rollout")
 
     # ------------------------------------------------------------------ decision log
 
@@ -266,7 +282,8 @@ class Load:
 
     def _alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"load generator exited: {self._log.read_text()[-2000:]}")
+            # WaitAborted: wait_for stops at once instead of retrying until its timeout.
+            raise WaitAborted(f"load generator exited: {self._log.read_text()[-2000:]}")
         return True
 
     def stop(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ so tests can show work spreading across nodes; everything else just uses it as "
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ import pytest
 from tests.s3server import S3Server, start_s3_server
 
 CPUS_PER_NODE = 2
+#: The cluster's borrower-hash salt: not the public default (apps with auth required or an
+#: s3:// store refuse that one), derived here so that no secret-looking literal is stored.
+TEST_BORROWER_SALT = "it-" + hashlib.sha256(b"attune integration borrower salt").hexdigest()[:29]
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +56,11 @@ def ray_cluster(s3_server: S3Server) -> Iterator[object]:
 
     for key, value in serve_isolation_env().items():
         os.environ.setdefault(key, value)
+    # Replicas inherit this environment: every app of the session hashes with this salt.
+    os.environ.setdefault("ATTUNE_BORROWER_SALT", TEST_BORROWER_SALT)
+    from attune.settings import get_settings
+
+    get_settings.cache_clear()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={

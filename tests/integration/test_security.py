@@ -30,6 +30,7 @@ from attune.data.schema import PROTECTED_COLUMNS
 from attune.data.spec import FEATURE_NAMES, FeatureSpec, default_spec
 from attune.errors import FeatureSpecMismatch
 from attune.serving.traffic import hash_borrower
+from attune.settings import DEFAULT_BORROWER_SALT, MIN_BORROWER_SALT_LENGTH
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import model_files, rank_body, ranker_onnx, wait_http_ok
 
@@ -40,6 +41,8 @@ PREFIX = "/attune-sec"
 REPO = Path(__file__).resolve().parents[2]
 # Secrets are derived, never written out: the credential scan below greps this file too.
 TOKEN = "sec-" + hashlib.sha256(b"attune security test token").hexdigest()
+#: The next token of a rotation, accepted beside TOKEN.
+NEXT_TOKEN = "sec-next-" + hashlib.sha256(b"attune security next token").hexdigest()
 #: Borrower ids distinctive enough to grep for in logs.
 BORROWERS = [7_345_812_906_117 + 1_000 * i for i in range(12)]
 
@@ -66,9 +69,11 @@ class SecureApp:
     session_dir: Path
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        """(status, headers, JSON answer); ``body`` bytes are sent as they are."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         request = urllib.request.Request(
             f"{self.base}{path}",
-            data=json.dumps(body).encode() if body is not None else None,
+            data=data if body is not None else None,
             method=method,
             headers={"Content-Type": "application/json"},
         )
@@ -95,6 +100,7 @@ def secure(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "api-token").write_text(TOKEN + "\n")
+    (secrets / "api-token-next").write_text(NEXT_TOKEN + "\n")
     registry = Registry(str(tmp_path_factory.mktemp("registry")))
     version = registry.register(model_files(ranker_onnx(seed=1)), metadata={"name": "sec"})
     store = tmp_path_factory.mktemp("store")
@@ -106,7 +112,11 @@ def secure(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "registry": registry.uri,
         "store": str(store),
         "decision_log": {"max_batch": 20, "max_age_s": 0.5},
-        "auth": {"required": True, "token_file": str(secrets / "api-token")},
+        "auth": {
+            "required": True,
+            "token_file": str(secrets / "api-token"),
+            "next_token_file": str(secrets / "api-token-next"),
+        },
     }
     ingress = {
         "num_replicas": 1,
@@ -150,6 +160,84 @@ def test_protected_routes_need_the_bearer_token_and_healthz_stays_open(
         assert "bearer token" in answer["message"] and TOKEN not in json.dumps(answer)
 
 
+_EVENT = {
+    "event_id": "sec-1",
+    "borrower_id": 7,
+    "ts": "2025-03-01T10:00:00+00:00",
+    "event_type": "login",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/events", {"events": [_EVENT]}),
+        ("POST", "/v1/events", b"{not json"),
+        ("POST", "/v1/events", b'{"events": "not a list"}'),
+        ("GET", "/v1/features/7", None),
+        ("POST", "/v1/rank", b"{not json"),
+    ],
+    ids=["events", "events/garbage", "events/wrong type", "features", "rank/garbage"],
+)
+def test_every_protected_route_answers_401_before_it_parses_anything(
+    secure: SecureApp, method: str, path: str, body: Any
+) -> None:
+    """No token: 401, whatever the body (a 422 would tell a stranger the schema)."""
+    for token in (None, "x" * len(TOKEN)):
+        code, headers, answer = secure.call(method, path, body, token)
+        assert code == 401, (token, answer)
+        assert headers["www-authenticate"].startswith('Bearer realm="attune"')
+    # With the token the route runs: this app has no online view (404), garbage is 422.
+    code, _, answer = secure.call(method, path, body, TOKEN)
+    assert code == (404 if isinstance(body, dict) or body is None else 422), answer
+
+
+def test_the_current_and_the_next_token_both_work_over_http(secure: SecureApp) -> None:
+    """A token rotates without downtime: both are accepted while the rotation lasts."""
+    for token in (TOKEN, NEXT_TOKEN):
+        code, _, answer = secure.call("POST", "/v1/rank", rank_body(BORROWERS[1], n=3), token)
+        assert code == 200, answer
+    assert secure.call("GET", "/v1/models", token=NEXT_TOKEN)[0] == 200
+
+
+def test_healthz_names_the_model_versions_only_to_a_valid_token(secure: SecureApp) -> None:
+    code, _, anonymous = secure.call("GET", "/v1/healthz")
+    assert code == 200 and anonymous == {"status": "ok", "champion": None, "canary": None}
+    assert secure.version not in json.dumps(anonymous)
+    code, _, wrong = secure.call("GET", "/v1/healthz", token="y" * len(TOKEN))
+    assert code == 200 and wrong["champion"] is None
+    code, _, known = secure.call("GET", "/v1/healthz", token=TOKEN)
+    assert code == 200 and known["champion"] == secure.version
+
+
+def test_an_unauthenticated_chunked_upload_is_refused_before_it_is_read(
+    secure: SecureApp,
+) -> None:
+    """The issue's 10 MB chunked body without a token: 401 (not read whole, then 401)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(secure.base)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=30)
+    try:
+        connection.putrequest("POST", f"{url.path}/v1/events")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        sent = 0
+        try:
+            for _ in range(160):  # 10 MiB in 64 KiB chunks
+                connection.send(b"10000\r\n" + b" " * 0x10000 + b"\r\n")
+                sent += 0x10000
+            connection.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the upload ended
+        response = connection.getresponse()
+        assert response.status == 401, response.read()
+    finally:
+        connection.close()
+
+
 def test_the_published_schema_declares_the_bearer_scheme(secure: SecureApp) -> None:
     code, _, schema = secure.call("GET", "/openapi.json")
     assert code == 200
@@ -169,7 +257,7 @@ def _salt() -> str:
     """The replicas' salt: they inherit this process's environment (it started the cluster)."""
     from attune.settings import get_settings
 
-    return get_settings().borrower_salt
+    return get_settings().borrower_salt.get_secret_value()
 
 
 def test_borrower_ids_reach_the_log_and_metrics_only_salted_and_hashed(secure: SecureApp) -> None:
@@ -184,8 +272,11 @@ def test_borrower_ids_reach_the_log_and_metrics_only_salted_and_hashed(secure: S
         return rows if len(rows) == len(answered) else []
 
     rows: Any = wait_for(logged, timeout=60, what="the decisions in the log")
+    # The cluster's own secret salt, not the public default (which a reader could replay).
+    assert _salt() != DEFAULT_BORROWER_SALT and len(_salt()) >= MIN_BORROWER_SALT_LENGTH
     for row in rows:
         borrower = answered[row["decision_id"]]
+        assert row["borrower_hash"] != hash_borrower(borrower, salt=DEFAULT_BORROWER_SALT)
         assert row["borrower_hash"] == hash_borrower(borrower, salt=_salt())
         assert row["borrower_hash"] != hash_borrower(borrower, salt=_salt() + "-other")
         assert str(borrower) not in json.dumps(row, default=str)

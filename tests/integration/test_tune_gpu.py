@@ -40,6 +40,8 @@ def test_gpu_sweep_trains_every_trial_on_cuda(ray_cluster: Any, tmp_path: Path) 
         name="gpu",
         storage_uri=str(tmp_path / "t"),
     )
-    assert all(t.rounds == 8 for t in sweep.trials)
+    # all() of nothing is True: the sweep must have run exactly the trials it was asked for.
+    assert len(sweep.trials) == config.trials
+    assert [t.rounds for t in sweep.trials] == [8] * config.trials
     assert all(t.device.startswith("cuda") for t in sweep.trials)
     assert load_checkpoint(sweep.best, storage_uri=str(tmp_path / "t")) is not None

@@ -108,6 +108,35 @@ def test_a_full_buffer_drops_new_records_counts_them_and_never_raises() -> None:
     assert [r["decision_id"] for r in sink.rows()] == [f"d{i}" for i in range(30)]
 
 
+def test_records_buffered_at_shutdown_while_the_sink_is_down_are_counted() -> None:
+    """The replica's last flush fails: what it held is reported dropped, not silently lost."""
+    dropped: list[int] = []
+    sink, clock = MemorySink(), Clock()
+    log = _log(sink, clock, on_drop=dropped.append)
+    for i in range(12):
+        log.append(_record(i))
+    assert log.flush() == 12
+    for i in range(12, 19):
+        log.append(_record(i))
+    sink.fail = True
+    assert log.flush() == 0  # the sink went down; the log backs off
+    assert log.close() == (0, 7)
+    stats = log.stats()
+    assert (stats.dropped, stats.buffered, stats.written) == (7, 0, 12) and dropped == [7]
+
+
+def test_close_writes_what_it_can_despite_a_back_off() -> None:
+    sink, clock = MemorySink(), Clock()
+    log = _log(sink, clock)
+    for i in range(3):
+        log.append(_record(i))
+    sink.fail = True
+    log.flush()
+    sink.fail = False  # back within the back-off: the last flush still writes
+    assert log.close() == (3, 0)
+    assert [r["decision_id"] for r in sink.rows()] == ["d0", "d1", "d2"]
+
+
 def test_records_of_different_days_go_to_their_own_partitions() -> None:
     sink, clock = MemorySink(), Clock()
     log = _log(sink, clock)

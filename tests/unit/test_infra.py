@@ -90,10 +90,15 @@ def _load_schema(path: Path, api_version: str) -> dict[str, Any]:
     raise AssertionError(f"{path.name} has no version {version}")
 
 
+def _docs(path: Path) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs and all(isinstance(d, dict) for d in docs), path
+    return docs
+
+
 def _load(path: Path) -> dict[str, Any]:
-    doc = yaml.safe_load(path.read_text())
-    assert isinstance(doc, dict), path
-    return doc
+    """The KubeRay resource of a manifest (its first document; a NetworkPolicy follows)."""
+    return _docs(path)[0]
 
 
 def test_every_kuberay_kind_has_a_manifest() -> None:
@@ -218,3 +223,114 @@ def test_prometheus_config_scrapes_ray_metrics() -> None:
     config = yaml.safe_load((INFRA / "monitoring/prometheus.yaml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert "ray" in jobs
+
+
+# --------------------------------------------------------------------------- Ray security
+
+#: The Serve port: the only one reachable from outside the namespace.
+SERVE_PORT = 8000
+
+
+def _cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc["spec"]
+    return spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
+
+
+def _pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = _cluster_spec(doc)
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [group["template"] for group in groups]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_every_ray_cluster_turns_on_ray_token_auth(path: Path) -> None:
+    """The dashboard / job API / GCS answer only to Ray's token (KubeRay authOptions)."""
+    assert _cluster_spec(_load(path))["authOptions"]["mode"] == "token"
+
+
+def _ports(rule: dict[str, Any]) -> set[int] | None:
+    """The ports a rule opens (None: every port)."""
+    return {p["port"] for p in rule["ports"]} if "ports" in rule else None
+
+
+def _beyond_namespace(peer: dict[str, Any]) -> bool:
+    return "namespaceSelector" in peer or "ipBlock" in peer
+
+
+def _policy_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with the NetworkPolicy of a Ray manifest (``docs``: its documents)."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    if len(policies) != 1:
+        return [f"{len(policies)} NetworkPolicies"]
+    spec, problems = policies[0]["spec"], []
+    if spec.get("policyTypes") != ["Ingress"]:
+        problems.append(f"policyTypes {spec.get('policyTypes')}")
+    selector = spec["podSelector"]["matchLabels"]
+    templates = _pod_templates(docs[0])
+    for template in templates:
+        if not selector.items() <= template["metadata"]["labels"].items():
+            problems.append(f"pods labelled {template['metadata']['labels']} not selected")
+    serves = any(
+        port.get("containerPort") == SERVE_PORT
+        for template in templates
+        for container in template["spec"]["containers"]
+        for port in container.get("ports", [])
+    )
+    opened_outside: set[int] = set()
+    for rule in spec["ingress"]:
+        ports = _ports(rule)
+        for peer in rule["from"]:
+            if ports is None:  # every port: only the cluster's own pods
+                if peer != {"podSelector": {"matchLabels": selector}}:
+                    problems.append(f"every port open to {peer}")
+            elif _beyond_namespace(peer):
+                operator = {"app.kubernetes.io/name": "kuberay-operator"}
+                if ports == {8265} and peer.get("podSelector", {}).get("matchLabels") == operator:
+                    continue  # KubeRay applies Serve configs and submits jobs (Ray token)
+                if ports != {SERVE_PORT} or "podSelector" in peer:
+                    problems.append(f"ports {sorted(ports)} open beyond the namespace")
+                opened_outside |= ports
+            elif not ports <= {SERVE_PORT, 8080, 8265}:
+                problems.append(f"ports {sorted(ports)} open to the namespace")
+    if opened_outside != ({SERVE_PORT} if serves else set()):
+        problems.append(f"open beyond the namespace: {sorted(opened_outside)}")
+    return problems
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_every_ray_manifest_has_a_network_policy_that_closes_rays_ports(path: Path) -> None:
+    """A NetworkPolicy in the same file selects every pod of the cluster; from outside the
+    namespace only Serve is reachable (and the dashboard by the KubeRay operator's pods, with
+    the Ray token); Ray's other ports only from the cluster's own pods."""
+    assert _policy_problems(_docs(path)) == []
+
+
+@pytest.mark.parametrize(
+    "breach",
+    [
+        {"from": [{"namespaceSelector": {}}], "ports": [{"port": 8265}]},
+        {"from": [{"namespaceSelector": {}}]},
+        {"from": [{"podSelector": {}}], "ports": [{"port": 6379}]},
+    ],
+    ids=["dashboard to every namespace", "every port to every namespace", "GCS to namespace"],
+)
+def test_the_policy_check_fails_on_an_open_control_plane(breach: dict[str, Any]) -> None:
+    """The check above can fail: each way of reopening Ray's ports is reported."""
+    docs = _docs(INFRA / "kuberay/raycluster.yaml")
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    policy["spec"]["ingress"].append(breach)
+    assert _policy_problems(docs)
+    docs.remove(policy)
+    assert _policy_problems(docs) == ["0 NetworkPolicies"]
+
+
+def test_the_rayservice_takes_the_borrower_salt_and_both_tokens_from_secrets() -> None:
+    """Head and workers: ATTUNE_BORROWER_SALT from a Secret, the API tokens by envFrom."""
+    doc = _load(INFRA / "kuberay/rayservice.yaml")
+    for template in _pod_templates(doc):
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ATTUNE_BORROWER_SALT"]["valueFrom"]["secretKeyRef"]["name"]
+        assert "value" not in env["ATTUNE_BORROWER_SALT"]
+        refs = {e["secretRef"]["name"] for e in container["envFrom"]}
+        assert "attune-api-token" in refs

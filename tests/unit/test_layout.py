@@ -70,7 +70,7 @@ def test_every_manifest_and_the_image_name_one_store() -> None:
 def _rayjobs() -> dict[str, dict[str, Any]]:
     jobs = {}
     for path in sorted(KUBERAY.glob("rayjob-*.yaml")):
-        (doc,) = _docs(path)
+        doc = _docs(path)[0]  # then the cluster's NetworkPolicy
         assert doc["kind"] == "RayJob", path
         jobs[path.name] = doc
     return jobs
@@ -140,7 +140,7 @@ def test_serve_configs_serve_the_registry_of_their_store(name: str, store: str) 
 
 
 def test_the_rayservice_serves_the_store_its_pods_name() -> None:
-    (service,) = _docs(KUBERAY / "rayservice.yaml")
+    service = _docs(KUBERAY / "rayservice.yaml")[0]  # then its NetworkPolicy
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     assert {app["args"]["store"]} == set(_env_values(service, "ATTUNE_STORE"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from attune.data.materialize import (
     snapshot_rows,
 )
 from attune.data.spec import BORROWER_FEATURES
-from attune.errors import StoreNotFound
+from attune.errors import InvalidInput, StoreNotFound
 from tests.histories import make_history
 
 AS_OF = pd.Timestamp("2024-06-15", tz="UTC")
@@ -49,9 +50,9 @@ def test_snapshot_rows_are_borrower_features_as_of_the_snapshot() -> None:
 
 def _info(tmp_path: Path, day: int) -> SnapshotInfo:
     return SnapshotInfo(
-        uri=str(tmp_path / f"s{day}"),
+        uri=f"{snapshot_root(str(tmp_path), 'abc0ffee')}/s{day}",
         snapshot_id=f"s{day}",
-        spec_hash="abc",
+        spec_hash="abc0ffee",
         as_of=(AS_OF + timedelta(days=day)).to_pydatetime(),
         borrowers=1,
         events=2,
@@ -59,14 +60,43 @@ def _info(tmp_path: Path, day: int) -> SnapshotInfo:
 
 
 def test_the_latest_pointer_only_moves_forward_in_time(tmp_path: Path) -> None:
-    root = snapshot_root(str(tmp_path), "abc")
+    root = snapshot_root(str(tmp_path), "abc0ffee")
     with pytest.raises(StoreNotFound):
-        latest_snapshot(str(tmp_path), spec_hash="abc")
+        latest_snapshot(str(tmp_path), spec_hash="abc0ffee")
     assert point_latest(root, _info(tmp_path, 5))
     assert not point_latest(root, _info(tmp_path, 2))  # a back-fill leaves it
-    assert latest_snapshot(str(tmp_path), spec_hash="abc").snapshot_id == "s5"
+    assert latest_snapshot(str(tmp_path), spec_hash="abc0ffee").snapshot_id == "s5"
     assert point_latest(root, _info(tmp_path, 9))
-    assert latest_snapshot(str(tmp_path), spec_hash="abc") == _info(tmp_path, 9)
+    assert latest_snapshot(str(tmp_path), spec_hash="abc0ffee") == _info(tmp_path, 9)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"uri": "s3://elsewhere/features/abc0ffee/s9"},
+        {"uri": "{root}/../../../tmp/x", "snapshot_id": "../../../tmp/x"},
+        {"snapshot_id": "s9/../../x"},
+        {"spec_hash": "0000ffff"},
+    ],
+    ids=["uri elsewhere", "snapshot id with a path", "id with slashes", "other spec"],
+)
+def test_a_pointer_outside_its_snapshot_root_is_refused(
+    tmp_path: Path, tamper: dict[str, str]
+) -> None:
+    """latest.json is data in the store: its uri and id must name a snapshot under its root."""
+    root = snapshot_root(str(tmp_path), "abc0ffee")
+    point_latest(root, _info(tmp_path, 9))
+    pointer = Path(root) / "latest.json"
+    data = json.loads(pointer.read_text())
+    data.update({k: v.format(root=root) for k, v in tamper.items()})
+    pointer.write_text(json.dumps(data))
+    with pytest.raises(InvalidInput, match="snapshot pointer"):
+        latest_snapshot(str(tmp_path), spec_hash="abc0ffee")
+
+
+def test_a_spec_hash_that_is_not_hex_is_refused_before_any_path_is_built(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="spec_hash"):
+        latest_snapshot(str(tmp_path), spec_hash="../../etc")
 
 
 def test_an_uncommitted_snapshot_is_not_read(tmp_path: Path) -> None:

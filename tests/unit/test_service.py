@@ -193,7 +193,8 @@ def test_a_canary_with_garbage_scores_is_rolled_back_on_score_drift(store: DictS
     assert any(r.arm == "canary" for r in served)
     h.service.run_background(max_jobs=1_000)
     assert [v for v, _ in h.rollbacks] == ["garbage"]
-    assert "score drift" in h.rollbacks[0][1][0]
+    # Any position: on a busy host the p99 latency bound may breach too.
+    assert any("score drift" in reason for reason in h.rollbacks[0][1])
     assert {h.rank(rank_body(b, n=3)).arm for b in range(60)} == {"champion"}
 
 
@@ -240,13 +241,54 @@ def test_an_unloadable_version_is_refused_and_the_champion_keeps_serving(
     assert h.rank(rank_body(1)).model_version == "champ"
 
 
+class _HeldOnline:
+    """Online features whose look-ups wait until released: a request held in flight."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def lookup(self, borrower_id: int, *, spec_hash: str | None = None) -> Any:
+        from datetime import UTC, datetime
+
+        from attune.online.redis_store import OnlineLookup
+
+        self.entered.set()
+        await self.release.wait()
+        state = np.asarray(
+            [offline_borrower_features(seed=3).iloc[0][n] for n in BORROWER_FEATURES],
+            dtype=np.float32,
+        )
+        return OnlineLookup(borrower_id, datetime.now(UTC), "s1", spec_hash or "", None, state)
+
+
 def test_promotion_switches_versions_without_touching_requests_in_flight(
     store: DictStore,
 ) -> None:
-    h = Harness(store)
-    before = h.rank(rank_body(3))
-    h.service.apply(RolloutConfig(champion="cand"))
-    after = h.rank(rank_body(3))
+    """A request suspended mid-way (waiting for its online features) when the champion
+    changes finishes on the champion it started with; the next one gets the new one."""
+    online = _HeldOnline()
+    service = RankingService(
+        store=store, rollout=RolloutConfig(), decision_log=None, borrower_salt="salt",
+        online=online,
+    )  # fmt: skip
+    body = {
+        "borrower_id": 3,
+        "context": {"touchpoint": "app"},
+        "candidates": [{"option_id": o} for o in OPTION_IDS[:4]],
+    }
+
+    async def scenario() -> tuple[RankResponse, RankResponse]:
+        in_flight = asyncio.create_task(service.rank(RankRequest.model_validate(body)))
+        await asyncio.wait_for(online.entered.wait(), 10)
+        service.apply(RolloutConfig(champion="cand"))  # while the request is in flight
+        assert not in_flight.done()
+        online.release.set()
+        before = await asyncio.wait_for(in_flight, 10)
+        after = await service.rank(RankRequest.model_validate(body))
+        return before, after
+
+    before, after = asyncio.run(scenario())
     assert (before.model_version, after.model_version) == ("champ", "cand")
     assert before.options != after.options
 

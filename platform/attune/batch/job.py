@@ -42,6 +42,7 @@ from attune.data.materialize import (
 )
 from attune.data.spec import BORROWER_FEATURES
 from attune.errors import ConfigError, FeatureSpecMismatch, StoreNotFound
+from attune.serving.auth import borrower_salt
 from attune.serving.config import RolloutConfig
 
 #: Borrowers per batch: large enough that ONNX Runtime's per-call cost vanishes, small
@@ -124,7 +125,6 @@ def resolve_snapshot(config: RankBatchConfig, store: str) -> SnapshotInfo:
 def _plan(config: RankBatchConfig, store: str, run_id: str, decided_at: datetime) -> RankPlan:
     from attune.registry import Registry
     from attune.serving.model import OnnxScorer
-    from attune.settings import get_settings
 
     registry = Registry(config.registry)
     rollout = config.rollout
@@ -142,7 +142,7 @@ def _plan(config: RankBatchConfig, store: str, run_id: str, decided_at: datetime
         salt=rollout.salt,
         touchpoint=config.touchpoint,
         rules=config.eligibility.for_touchpoint(config.touchpoint),
-        borrower_salt=get_settings().borrower_salt,
+        borrower_salt=borrower_salt(strict=storage.is_s3(store) or storage.is_s3(registry.uri)),
         run_id=run_id,
         decided_at=decided_at,
         decision_store=store if config.decision_log else None,

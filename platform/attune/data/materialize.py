@@ -27,6 +27,7 @@ an event id seen twice for a borrower counts once.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ from attune.data.features import MAX_WINDOW_DAYS, borrower_features, compact_eve
 from attune.data.reader import HistoryFiles, list_history
 from attune.data.schema import BORROWERS, EVENTS, LOANS, TS
 from attune.data.spec import BORROWER_FEATURES, default_spec
-from attune.errors import StoreNotFound
+from attune.errors import InvalidInput, StoreNotFound
 
 #: Columns of a snapshot's ``features/`` files.
 FEATURES_SCHEMA = pa.schema(
@@ -360,7 +361,7 @@ def point_latest(root: str, info: SnapshotInfo) -> bool:
     """
     pointer = storage.join(root, "latest.json")
     if storage.exists(pointer):
-        current = SnapshotInfo.from_dict(storage.read_json(pointer))
+        current = _read_pointer(root, pointer)
         if current.as_of > info.as_of:
             return False
     storage.write_json(pointer, info.to_dict())
@@ -372,10 +373,46 @@ def latest_snapshot(out_uri: str, *, spec_hash: str | None = None) -> SnapshotIn
 
     Raises :class:`StoreNotFound` when no snapshot was committed for that spec.
     """
-    pointer = storage.join(snapshot_root(out_uri, spec_hash or default_spec().hash), "latest.json")
+    spec_hash = spec_hash or default_spec().hash
+    if not SPEC_HASH.fullmatch(spec_hash):
+        raise InvalidInput(
+            f"spec_hash {spec_hash!r} is not a feature-spec hash",
+            field="spec_hash",
+            value=spec_hash,
+        )
+    root = snapshot_root(out_uri, spec_hash)
+    pointer = storage.join(root, "latest.json")
     if not storage.exists(pointer):
         raise StoreNotFound(uri=pointer, problem="no snapshot materialized for this feature spec")
-    return SnapshotInfo.from_dict(storage.read_json(pointer))
+    return _read_pointer(root, pointer)
+
+
+#: A feature-spec hash (hex) and a snapshot id: both become parts of store paths.
+SPEC_HASH = re.compile(r"^[0-9a-f]{8,64}$")
+SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _read_pointer(root: str, pointer: str) -> SnapshotInfo:
+    """The snapshot ``pointer`` names, refused unless it lies directly under ``root``.
+
+    The pointer is data in the store: a snapshot id with a path in it, or a ``uri``
+    elsewhere (another bucket, ``..``), would make readers load features from a place
+    nobody materialized. Raises :class:`InvalidInput` naming the pointer.
+    """
+    try:
+        info = SnapshotInfo.from_dict(storage.read_json(pointer))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"{pointer}: not a snapshot pointer ({exc})", field="pointer") from None
+    problem = None
+    if not SNAPSHOT_ID.fullmatch(info.snapshot_id) or ".." in info.snapshot_id:
+        problem = f"snapshot_id {info.snapshot_id!r} is not a snapshot id"
+    elif info.uri.rstrip("/") != storage.join(root, info.snapshot_id).rstrip("/"):
+        problem = f"uri {info.uri!r} is not {root}/{info.snapshot_id}"
+    elif not root.rstrip("/").endswith("/" + info.spec_hash):
+        problem = f"spec_hash {info.spec_hash!r} is not the pointer's feature spec"
+    if problem is not None:
+        raise InvalidInput(f"snapshot pointer {pointer}: {problem}", field="pointer", value=pointer)
+    return info
 
 
 def read_snapshot(

@@ -18,6 +18,8 @@ which names the file, the column and the first offending row.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -163,6 +165,35 @@ TABLES: dict[str, pa.Schema] = {
 
 #: Columns that may never be model features.
 PROTECTED_COLUMNS: frozenset[str] = frozenset(PROTECTED.names) - {"borrower_id"}
+#: Words that name a protected attribute (or its usual proxies) inside a feature name.
+PROTECTED_TERMS: frozenset[str] = frozenset(
+    {
+        "age", "birth", "dob", "gender", "sex", "ethnicity", "ethnic", "race", "racial",
+        "religion", "religious", "nationality", "marital", "disability", "disabled",
+        "pregnancy", "pregnant", "orientation",
+    }
+)  # fmt: skip
+
+
+def is_protected(name: str) -> bool:
+    """Whether feature ``name`` names a protected attribute, beyond exact column names.
+
+    Case, separators and camelCase do not hide one (``Age_Band``, ``borrower-gender``,
+    ``raceCode``, ``ageband``): the name's words are matched against PROTECTED_TERMS
+    and its letters against each protected column's. Words are matched whole, so
+    ``average_balance`` is not ``age``.
+    """
+    words = {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)}
+    letters = re.sub(r"[^a-z]", "", name.lower())
+    return bool(words & PROTECTED_TERMS) or any(
+        re.sub(r"[^a-z]", "", column) in letters for column in PROTECTED_COLUMNS
+    )
+
+
+def protected_names(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that :func:`is_protected`, sorted."""
+    return sorted({name for name in names if is_protected(name)})
+
 
 #: Allowed values of categorical columns, checked on read.
 _DOMAINS: dict[str, dict[str, tuple[str, ...]]] = {

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from attune.data.schema import OPTION_IDS, PROTECTED_COLUMNS, TOUCHPOINTS
+from attune.data.schema import OPTION_IDS, TOUCHPOINTS, protected_names
 
 FEATURE_SPEC_VERSION = "1"
+
+#: Largest finite float32: model inputs are float32, so a larger number would become ±inf.
+FLOAT32_MAX = 3.4028234663852886e38
+#: A number as the HTTP API takes it: a JSON number (no strings like "1e300" or " 1 ", no
+#: booleans), finite, within float32's range.
+StrictFloat32 = Annotated[
+    float, Strict(), Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+]
 
 #: Borrower features computed from events strictly before the as-of time.
 BORROWER_EVENT_FEATURES: tuple[str, ...] = (
@@ -76,7 +84,7 @@ class FeatureSpec(BaseModel):
             raise ValueError(
                 f"names ({len(self.names)}) and dtypes ({len(self.dtypes)}) differ in length"
             )
-        leaked = sorted(set(self.names) & PROTECTED_COLUMNS)
+        leaked = protected_names(self.names)
         if leaked:
             raise ValueError(f"protected attributes may not be features: {leaked}")
         expected = self.content_hash()

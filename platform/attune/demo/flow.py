@@ -490,7 +490,7 @@ def learning_loop(
         retrain=retrain,
         score=score,
         registry=registry,
-        salt=get_settings().borrower_salt,
+        salt=get_settings().borrower_salt.get_secret_value(),
         champion=champion,
         promote=promote,
     )

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from attune.data.schema import PROTECTED_COLUMNS
+from attune.data.schema import protected_names
 from attune.errors import ConfigError, FeatureSpecMismatch, InvalidInput
 
 #: Code that explains the features no catalog entry names.
@@ -64,7 +64,7 @@ class ReasonCatalog(BaseModel):
             raise ValueError(f"the catalog needs an {OTHER} entry for unnamed features")
         owner: dict[str, str] = {}
         for code, entry in self.reasons.items():
-            leaked = sorted(set(entry.features) & PROTECTED_COLUMNS)
+            leaked = protected_names(entry.features)
             if leaked:
                 raise ValueError(f"reason {code} names protected attributes {leaked}")
             for feature in entry.features:
@@ -147,7 +147,7 @@ class ReasonExplainer:
         approximate: bool = False,
     ) -> None:
         names = tuple(feature_names)
-        leaked = sorted(set(names) & PROTECTED_COLUMNS)
+        leaked = protected_names(names)
         if leaked:
             raise InvalidInput(
                 f"protected attributes may not be model features: {leaked}",

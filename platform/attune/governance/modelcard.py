@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from attune.data.schema import PROTECTED_COLUMNS
+from attune.data.schema import protected_names
 from attune.errors import InvalidInput
 
 INTENDED_USE = (
@@ -185,7 +185,7 @@ def governance_record(
         limitations=[*LIMITATIONS, *limitations],
         alias_history=[AliasEvent.model_validate(dict(e)) for e in alias_history],
     )
-    leaked = sorted(set(record.features) & PROTECTED_COLUMNS)
+    leaked = protected_names(record.features)
     if leaked:
         raise InvalidInput(
             f"protected attributes may not be features: {leaked}", field="features", value=leaked

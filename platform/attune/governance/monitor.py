@@ -34,10 +34,13 @@ from attune.errors import (
     VersionNotFound,
 )
 from attune.governance.drift import ALERT, WARN, export_ray_gauges, prometheus_text, psi_report
+from attune.registry.models import VERSION_ID
 from attune.settings import get_settings
 
 #: Aliases a ``version`` reference may name instead of a version id.
 ALIAS_NAMES = ("champion", "canary", "shadow")
+#: A version reference: a registry version id or one of ALIAS_NAMES (never a path).
+VERSION_REF = rf"^(?:{'|'.join(ALIAS_NAMES)}|{VERSION_ID.pattern.strip('^$')})$"
 
 
 class DriftMonitorConfig(BaseModel):
@@ -46,7 +49,11 @@ class DriftMonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     registry: str = Field(min_length=1, description="Registry root (local dir or s3://).")
-    version: str = Field(min_length=1, description="Version id, or champion/canary/shadow.")
+    version: str = Field(
+        pattern=VERSION_REF,
+        description="Version id (vYYYYMMDD-HHMMSS-xxxxxx), or champion/canary/shadow; it "
+        "becomes a path in the registry and the store, so nothing else is accepted.",
+    )
     decisions: str = Field(min_length=1, description="Decision-log root (local dir or s3://).")
     out: str | None = Field(
         default=None,
@@ -141,6 +148,12 @@ def resolve_version(registry: str, ref: str) -> str:
             )
         except StoreNotFound as exc:
             raise AliasNotFound(registry=registry, alias=ref) from exc
+        if not VERSION_ID.fullmatch(version):  # the alias file names a path, not a version
+            raise InvalidInput(
+                f"alias {ref!r} of {registry} points at {version!r}, not a version id",
+                field="version",
+                value=version,
+            )
     if not storage.exists(storage.join(registry, "versions", version, "MANIFEST.json")):
         raise VersionNotFound(registry=registry, version=version)
     return version

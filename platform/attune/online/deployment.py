@@ -47,7 +47,8 @@ def redis_url(configured: str | None, store_uri: str) -> str | None:
     Raises :class:`ConfigError` for an ``s3://`` store without a URL (a cluster needs a
     shared Redis: set ``ATTUNE_REDIS_URL`` or ``online.redis_url``).
     """
-    url = configured or get_settings().redis_url
+    secret = get_settings().redis_url
+    url = configured or (secret.get_secret_value() if secret is not None else None)
     if url:
         return url
     if storage.is_s3(store_uri):

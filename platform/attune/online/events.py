@@ -30,18 +30,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, FiniteFloat, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from attune import storage
 from attune.data.materialize import ONLINE_EVENTS_DIR
 from attune.data.schema import EVENTS, Channel, EventType, validate_table
-from attune.data.spec import BORROWER_FEATURES
+from attune.data.spec import BORROWER_FEATURES, StrictFloat32
 from attune.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,27 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 250
 
 _STRICT = ConfigDict(extra="forbid")
+
+#: Range of times the API accepts (UTC): servicing events and feature look-ups outside it
+#: are typos or attacks (year 9999 with an offset overflows a UTC conversion).
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _bounded(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is outside the representable range") from None
+    if not TIME_MIN <= utc < TIME_MAX:
+        raise ValueError(
+            f"{value.isoformat()} is outside [{TIME_MIN:%Y-%m-%d}, {TIME_MAX:%Y-%m-%d}) UTC"
+        )
+    return value
+
+
+#: An aware time within [TIME_MIN, TIME_MAX) UTC (a 422 naming the field otherwise).
+BoundedTime = Annotated[AwareDatetime, AfterValidator(_bounded)]
 
 
 class ServicingEvent(BaseModel):
@@ -63,9 +84,11 @@ class ServicingEvent(BaseModel):
     )
     borrower_id: StrictInt = Field(ge=0, lt=2**63, description="Borrower id (int64).")
     loan_id: StrictInt | None = Field(default=None, ge=0, lt=2**63, description="Loan id.")
-    ts: AwareDatetime = Field(description="When it happened (ISO 8601 with a time zone).")
+    ts: BoundedTime = Field(
+        description="When it happened (ISO 8601 with a time zone; years 1970-2099 UTC)."
+    )
     event_type: EventType = Field(description="Event type (the history's event types).")
-    amount: FiniteFloat | None = Field(
+    amount: StrictFloat32 | None = Field(
         default=None, description="Amount in currency units (installments and payments)."
     )
     channel: Channel | None = Field(

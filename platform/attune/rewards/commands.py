@@ -65,7 +65,7 @@ def _outcomes(args: argparse.Namespace) -> int:
             histories=tuple(args.history),
             out=args.out or storage.join(store, REWARDS_DIR),
             as_of=as_of,
-            salt=args.salt or settings.borrower_salt,
+            salt=args.salt or settings.borrower_salt.get_secret_value(),
             engine=args.engine,
             buckets=args.buckets,
         )

@@ -3,7 +3,9 @@
 Malformed input never reaches a model: these models reject unknown fields, unknown
 option ids and touchpoints, duplicate candidates, too many candidates, NaN/inf values,
 feature vectors on only some candidates, and borrower features with missing or unknown
-names; FastAPI turns each into a 422 whose ``detail[].loc`` names the field. Checks that
+names, and numbers that are not plain JSON numbers within float32's range (strings such
+as ``"1e300"``, booleans, ``1e300``: each would reach the model as ±inf or a guess);
+FastAPI turns each into a 422 whose ``detail[].loc`` names the field. Checks that
 need the served model (feature-vector length against its feature spec) run in the
 ingress before scoring and answer 422 with the :mod:`attune.errors` body.
 """
@@ -16,14 +18,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    FiniteFloat,
     StrictBool,
     StrictInt,
     create_model,
     model_validator,
 )
 
-from attune.data.spec import BORROWER_FEATURES
+from attune.data.spec import BORROWER_FEATURES, StrictFloat32
 
 #: Touchpoints a slate can be requested for (= attune.data.schema.TOUCHPOINTS; a unit test
 #: keeps them equal). Literals so that the OpenAPI schema lists the allowed values.
@@ -57,7 +58,7 @@ BorrowerFeatures: type[BaseModel] = create_model(  # type: ignore[call-overload]
     __config__=_STRICT,
     __doc__="Borrower state as of now, one value per borrower feature of the feature spec.",
     **{
-        name: (FiniteFloat, Field(description=f"Borrower feature {name!r}."))
+        name: (StrictFloat32, Field(description=f"Borrower feature {name!r}."))
         for name in BORROWER_FEATURES
     },
 )
@@ -71,17 +72,20 @@ class Context(BaseModel):
     touchpoint: Touchpoint = Field(description="Servicing touchpoint that shows the slate.")
 
 
+_FeatureVector = Annotated[list[StrictFloat32], Field(min_length=1, max_length=MAX_FEATURES)]
+
+
 class Candidate(BaseModel):
     """One option to rank, optionally with its full feature vector (spec order)."""
 
     model_config = _STRICT
 
     option_id: OptionId = Field(description="Option id from the catalog.")
-    features: Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_FEATURES)] | None = (
-        Field(
-            default=None,
-            description="The candidate's model features in feature-spec order (scored as given).",
-        )
+    features: (
+        Annotated[list[StrictFloat32], Field(min_length=1, max_length=MAX_FEATURES)] | None
+    ) = Field(
+        default=None,
+        description="The candidate's model features in feature-spec order (scored as given).",
     )
 
 
@@ -222,5 +226,9 @@ class HealthResponse(BaseModel):
     """Liveness and what is being served."""
 
     status: Literal["ok"] = Field(description="Always 'ok' when the replica answers.")
-    champion: str = Field(description="Champion version.")
-    canary: str | None = Field(description="Canary version, when one is in service.")
+    champion: str | None = Field(
+        default=None, description="Champion version (only to a valid token when auth is on)."
+    )
+    canary: str | None = Field(
+        default=None, description="Canary version, when one is in service (same rule)."
+    )

@@ -296,6 +296,26 @@ class DecisionLog:
         if lost and self._on_drop is not None:
             self._on_drop(lost)
 
+    def close(self) -> tuple[int, int]:
+        """Flush for the last time (shutdown): returns (written, dropped).
+
+        Records the sink would not take (it is down) cannot outlive the process: they are
+        dropped *and counted* (``stats().dropped``, ``on_drop``), so the loss shows in the
+        metrics instead of vanishing with the replica.
+        """
+        with self._lock:
+            self._retry_at = 0.0  # the last chance: no back-off
+        written = self.flush()
+        with self._lock:
+            lost = len(self._buffer)
+            self._buffer.clear()
+            self._dropped += lost
+        if lost:
+            log.error("decision log: %d records dropped at shutdown (sink down)", lost)
+            if self._on_drop is not None:
+                self._on_drop(lost)
+        return written, lost
+
     def stats(self) -> LogStats:
         with self._lock:
             return LogStats(

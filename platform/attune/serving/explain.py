@@ -1,10 +1,12 @@
 """Reason codes for ``explain=true``: the governance stage's TreeSHAP explainer per version.
 
 The ONNX graph answers scores only; reason codes need the native booster that every
-registry version carries (``model.ubj``). :class:`RegistryExplainer` loads it lazily,
-the first time a request of that version asks for reasons, and keeps one
+registry version carries (``model.ubj``). :class:`RegistryExplainer` keeps one
 :class:`attune.governance.explain.ReasonExplainer` per version (XGBoost is imported
-only then). A version without a native booster answers ``reasons: null``.
+only then); the ranking service preloads the champion's and canary's on every
+reconfigure (off the event loop), and a version not preloaded is loaded on its first
+explained request, in the worker thread that explains it. A version without a native
+booster answers ``reasons: null``.
 
 Cost: one TreeSHAP call per explained request on the request path (~1-2 ms for 8 rows
 of 100 trees of depth 4 here; tens of ms at depth 6, see bench/explain.py), which is
@@ -60,6 +62,10 @@ class RegistryExplainer:
         with self._lock:
             self._explainers[version] = explainer
         return explainer
+
+    def preload(self, version: str, names: tuple[str, ...]) -> None:
+        """Load ``version``'s explainer now (blocking registry I/O: call off the loop)."""
+        self._explainer(version, names)
 
     def explain(
         self, version: str, X: np.ndarray, names: tuple[str, ...]

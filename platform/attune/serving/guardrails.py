@@ -8,7 +8,10 @@ the score drift ``mean |canary - champion|`` over that request's candidates.
 
 * error rate  = failed canary calls / canary calls in the window;
 * p99 latency = 99th percentile of canary scoring latency in the window;
-* score drift = mean per-request drift over paired requests in the window.
+* score drift = median per-request drift over paired requests in the window. The
+  median, not the mean: a caller who can pick canary borrowers and craft their feature
+  vectors controls some requests' drift, and one crafted request could move a mean past
+  any bound; moving the median takes more than half of the canary's paired traffic.
 
 Nothing is judged before ``min_requests`` canary calls (and ``min_paired`` paired
 ones for drift) are in the window, so a canary is never rolled back on a handful of
@@ -55,7 +58,8 @@ class GuardrailBounds(BaseModel):
     max_score_drift: float = Field(
         default=1.0,
         gt=0,
-        description="Largest tolerated mean |canary score - champion score| on paired rows.",
+        description="Largest tolerated median over paired requests of the request's mean "
+        "|canary score - champion score|.",
     )
 
 
@@ -131,7 +135,7 @@ class Guardrail:
             drifts = np.fromiter(w.drift, float, count=n_paired)
         error_rate = failed / n if n else 0.0
         p99 = float(np.percentile(latencies, 99)) if n else 0.0
-        drift = float(np.mean(drifts)) if n_paired else 0.0
+        drift = float(np.median(drifts)) if n_paired else 0.0
         reasons: list[str] = []
         if n >= b.min_requests:
             if error_rate > b.max_error_rate:

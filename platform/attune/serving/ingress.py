@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query
@@ -37,13 +37,18 @@ from fastapi import Request as FastAPIRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime, ValidationError
+from pydantic import ValidationError
 from ray import serve
 
 from attune import __version__
 from attune.errors import AttuneError, NotFound, Unavailable
 from attune.online.deployment import OnlineAccess
-from attune.online.events import EventsRequest, EventsResponse, OnlineFeaturesResponse
+from attune.online.events import (
+    BoundedTime,
+    EventsRequest,
+    EventsResponse,
+    OnlineFeaturesResponse,
+)
 from attune.serving import auth
 from attune.serving.api import (
     MAX_BODY_BYTES,
@@ -55,6 +60,7 @@ from attune.serving.api import (
 )
 from attune.serving.config import AppArgs, RolloutConfig
 from attune.serving.decision_log import DecisionLog, ParquetSink
+from attune.serving.redact import redact_locations
 from attune.serving.service import Explainer, RankingService
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
         (401, "Missing or invalid bearer token (when the app has one)."),
+        (403, "The token lacks the route's scope (rank, features, events)."),
         (404, "A model version or alias is not found."),
         (413, "Request body too large."),
         (503, "The champion model failed."),
@@ -81,21 +88,8 @@ api = FastAPI(
     description="Ranks loan-servicing options per borrower (champion / canary / shadow).",
 )
 
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
-
-
-def _too_large(length: int | str, limit: int = MAX_BODY_BYTES) -> JSONResponse:
-    body = {
-        "error": "PayloadTooLarge",
-        "message": f"content-length {length} exceeds {limit} bytes",
-        "details": {"limit": limit},
-    }
-    return JSONResponse(body, status_code=413)
-
-
-#: /v1/rank reads its body and checks the token itself (see ``RankingIngress.rank``);
-#: this documents both.
+#: /v1/rank reads its body itself (see ``RankingIngress.rank``); the token is checked by
+#: auth.RequestGuard. This documents both.
 _RANK_REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -119,23 +113,8 @@ def _openapi() -> dict[str, Any]:
     return api.openapi_schema
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: 413 when Content-Length exceeds the limit (before reading)."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                    response = _too_large(value.decode(errors="replace"), self.limit)
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-api.add_middleware(_BodyLimit)
+# Body limit and scoped token, before the app reads or parses a byte (attune.serving.auth).
+api.add_middleware(auth.RequestGuard, limit=MAX_BODY_BYTES)
 api.openapi = _openapi  # type: ignore[method-assign]
 
 
@@ -144,7 +123,8 @@ async def _attune_error(request: FastAPIRequest, exc: AttuneError) -> JSONRespon
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 503:  # the client contract: retry once after this (docs/reliability.md)
         headers.setdefault("Retry-After", RETRY_AFTER_S)
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers or None)
+    body = redact_locations(exc.to_dict())  # clients learn what failed, not where the store is
+    return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
 
 
 @api.exception_handler(RequestValidationError)
@@ -180,8 +160,11 @@ def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
     from attune.registry import Registry
     from attune.serving.explain import RegistryExplainer
     from attune.serving.metrics import RayServeMetrics
-    from attune.settings import get_settings
 
+    # First: a default or short salt where real borrowers are served fails the deploy.
+    salt = auth.borrower_salt(
+        strict=auth.salt_required(args.auth, args.store_uri(), args.registry_uri())
+    )
     metrics = RayServeMetrics()
     decision_log = None
     if args.decision_log.enabled:
@@ -199,7 +182,7 @@ def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
         "store": registry,
         "explainer": RegistryExplainer(registry),
         "decision_log": decision_log,
-        "borrower_salt": get_settings().borrower_salt,
+        "borrower_salt": salt,
         "metrics": metrics,
     }
 
@@ -225,6 +208,9 @@ def _safe_id(tag: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in tag)[:64]
 
 
+#: Requests that may wait for this deployment (beyond them Serve answers 503 at once).
+MAX_QUEUED_REQUESTS = 256
+
 #: Replica process settings. User code runs on Serve's own event loop: a second loop thread
 #: would contend for the GIL with the response path (the background shadow scoring then
 #: delays answers) and costs a cross-thread hop per request. Handlers never block the loop.
@@ -239,6 +225,8 @@ AFTER_ANSWERS_BATCH_S = 0.02
     name=INGRESS_NAME,
     ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}},
     max_ongoing_requests=64,
+    # Past this many waiting requests callers get 503 at once instead of an unbounded queue.
+    max_queued_requests=MAX_QUEUED_REQUESTS,
     health_check_period_s=10,
     health_check_timeout_s=30,
     graceful_shutdown_timeout_s=20,
@@ -330,8 +318,13 @@ class RankingIngress:
             self._wake.set()
             await asyncio.to_thread(self._worker.join, 10)
         if self._decision_log is not None:
-            written = await asyncio.to_thread(self._decision_log.flush)
-            log.info("shutdown: flushed %d decisions (%s)", written, self._decision_log.stats())
+            written, lost = await asyncio.to_thread(self._decision_log.close)
+            log.info(
+                "shutdown: flushed %d decisions, dropped %d (%s)",
+                written,
+                lost,
+                self._decision_log.stats(),
+            )
         if self._online is not None:
             events = await self._online.close()
             log.info("shutdown: wrote %d posted events", events)
@@ -346,13 +339,10 @@ class RankingIngress:
     )
     async def rank(self, http_request: FastAPIRequest) -> Response:
         """Rank the candidates for one borrower; see RankRequest for where features come from."""
-        # The token is checked here, not by a FastAPI dependency: same rules, less per request.
-        auth.check_header(http_request.headers.get("authorization"))
+        # The token and the body size were checked by auth.RequestGuard before this runs.
         # The body is parsed by pydantic's own JSON parser (RankRequest.model_validate_json):
         # one pass instead of json.loads, FastAPI's body dependency and a second validation.
         body = await http_request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _too_large(len(body))
         try:
             request = RankRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -364,12 +354,13 @@ class RankingIngress:
         return Response(response.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/healthz", response_model=HealthResponse)
-    async def healthz(self) -> HealthResponse:
-        """Liveness, with the versions in service."""
+    async def healthz(self, http_request: FastAPIRequest) -> HealthResponse:
+        """Liveness; the versions in service only to a valid token (when auth is on)."""
+        service = self._service
+        if not auth.authenticated(http_request.scope):
+            return HealthResponse(status="ok")
         return HealthResponse(
-            status="ok",
-            champion=self._service.champion_version,
-            canary=self._service.canary_version,
+            status="ok", champion=service.champion_version, canary=service.canary_version
         )
 
     @api.get("/v1/models", response_model=ModelsResponse, dependencies=_AUTH)
@@ -391,7 +382,7 @@ class RankingIngress:
     async def features(
         self,
         borrower_id: Annotated[int, Path(ge=0, lt=2**63, description="Borrower id.")],
-        as_of: Annotated[AwareDatetime | None, Query(description="Default: now.")] = None,
+        as_of: Annotated[BoundedTime | None, Query(description="Default: now.")] = None,
     ) -> OnlineFeaturesResponse:
         """A borrower's online features as of a time (the ones /v1/rank would use then)."""
         return await _require(self._online).features(borrower_id, as_of)

@@ -23,6 +23,7 @@ so a request in flight finishes on the state it started with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -208,6 +209,7 @@ class RankingService:
         in_use = {champion.version} | {s.version for s in (canary, shadow) if s is not None}
         self._scorers = {v: s for v, s in self._scorers.items() if v in in_use}
         guardrail = Guardrail(rollout.guardrails, clock=self._clock) if canary else None
+        self._preload_explainers(champion, canary)
         return _State(
             config=rollout,
             champion=champion,
@@ -270,7 +272,7 @@ class RankingService:
         else:
             order = greedy(scores)
         decision_id = uuid.uuid4().hex
-        reasons = self._reasons(request, scorer, X)
+        reasons = await self._reasons(request, scorer, X)
         # Plain dicts, validated once into the response below: pydantic-core validates a
         # whole response faster than model_construct builds its eight options.
         score_list = scores.tolist()
@@ -400,12 +402,29 @@ class RankingService:
             counters.errors += 0 if ok else 1
         self._metrics.model_call(role=role, version=version, ok=ok)
 
-    def _reasons(
+    async def _reasons(
         self, request: RankRequest, scorer: OnnxScorer, X: np.ndarray
     ) -> list[list[Reason]] | None:
         if not request.explain or self._explainer is None:
             return None
-        return self._explainer.explain(scorer.version, X, scorer.spec.names)
+        # TreeSHAP takes ms to tens of ms (and a cold explainer reads the registry): off
+        # the event loop, so one explained request never stalls the replica's others.
+        return await asyncio.to_thread(
+            self._explainer.explain, scorer.version, X, scorer.spec.names
+        )
+
+    def _preload_explainers(self, *scorers: OnnxScorer | None) -> None:
+        """Load the explainers of ``scorers`` now (reconfigure runs off the event loop)."""
+        preload = getattr(self._explainer, "preload", None)
+        if preload is None:
+            return
+        for scorer in scorers:
+            if scorer is None:
+                continue
+            try:
+                preload(scorer.version, scorer.spec.names)
+            except Exception as exc:  # explain stays opt-in: never fail a rollout for it
+                log.warning("explainer of %s not preloaded: %s", scorer.version, exc)
 
     def _record(
         self,
