@@ -110,6 +110,7 @@ def run_sweep(
     config: TuneConfig,
     name: str,
     storage_uri: str,
+    extra_params: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Run ``config.trials`` trials on the connected Ray cluster and summarize them.
 
@@ -141,6 +142,7 @@ def run_sweep(
             seed=config.seed,
             max_rounds=config.max_rounds,
             early_stopping_rounds=config.early_stopping_rounds,
+            extra_params=dict(extra_params or {}),
         ),
         config.trial_resources(),
     )
@@ -202,8 +204,12 @@ def _run_trial(
     seed: int,
     max_rounds: int,
     early_stopping_rounds: int,
+    extra_params: dict[str, Any] | None = None,
 ) -> None:
-    """One trial: train a ranker on the shared arrays, reporting every round to Tune."""
+    """One trial: train a ranker on the shared arrays, reporting every round to Tune.
+
+    ``extra_params`` (e.g. a served-data correction's) override the sampled ones.
+    """
     import ray
     from ray import tune
     from ray.tune.integration.xgboost import TuneReportCheckpointCallback
@@ -211,6 +217,7 @@ def _run_trial(
     resources = tune.get_context().get_trial_resources().required_resources
     nthread = max(1, int(resources.get("CPU", 1)))
     params = xgb_params(config, nthread=nthread, device=device, seed=seed)  # type: ignore[arg-type]
+    params.update(extra_params or {})
     dtrain = xgb.DMatrix(
         data.train_X,
         label=training_labels(data.train_label, params["objective"]),
@@ -333,9 +340,11 @@ def retrain(
     *,
     config: TuneConfig,
     nthread: int,
+    extra_params: dict[str, Any] | None = None,
 ) -> Any:
     """Train ``trial``'s point for its best number of rounds on the driver."""
     params = xgb_params(trial.params, nthread=nthread, device=config.device, seed=config.seed)
+    params.update(extra_params or {})
     dtrain = xgb.DMatrix(
         train.X, label=training_labels(train.label, params["objective"]), qid=train.qid
     )
