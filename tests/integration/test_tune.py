@@ -228,3 +228,23 @@ def test_a_model_failing_the_parity_gate_is_never_registered(
     assert not Path(config.registry, "versions").exists() or not any(
         Path(config.registry, "versions").iterdir()
     )
+
+
+def test_extra_params_reach_every_trial(
+    ray_cluster: Any, synthetic: SyntheticRanking, tmp_path: Path
+) -> None:
+    """A served-data correction's parameters (lambdarank_unbiased) are in the trials' boosters."""
+    ds = load_dataset(synthetic.features, splits=("train", "valid"))
+    config = _config(synthetic, tmp_path, trials=2, max_rounds=4, early_stopping_rounds=3,
+                     grace_period=2, scheduler="fifo")  # fmt: skip
+    sweep = run_sweep(
+        ds["train"],
+        ds["valid"],
+        config=config,
+        name="extra",
+        storage_uri=str(tmp_path),
+        extra_params={"lambdarank_unbiased": True},
+    )
+    booster = load_checkpoint(sweep.best, storage_uri=str(tmp_path))
+    learner = json.loads(booster.save_config())["learner"]
+    assert learner["objective"]["lambdarank_param"]["lambdarank_unbiased"] == "1"

@@ -19,6 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from attune.layout import add_store_argument
 
     add_store_argument(parser, "features", "registry")
+    parser.add_argument(
+        "--served",
+        action="append",
+        help="Reward dataset from `attune outcomes` to train on too (repeatable, or a folder).",
+    )
+    parser.add_argument(
+        "--served-correction",
+        choices=("none", "lambdarank_unbiased", "ipw"),
+        help="Position/selection bias correction of the served rows (default ipw).",
+    )
     parser.add_argument("--trials", type=int, default=8, help="Trials to sample (default 8).")
     parser.add_argument("--max-concurrent", type=int, help="Trials running at once.")
     parser.add_argument("--gpu", action="store_true", help="One GPU per trial, device=cuda.")

@@ -28,6 +28,14 @@ class TuneConfig(BaseModel):
         default=None,
         description="History root holding ground_truth/; default: the dataset manifest's.",
     )
+    served: tuple[str, ...] = Field(
+        default=(),
+        description="Reward datasets (attune outcomes) whose served rows join the train split.",
+    )
+    served_correction: Literal["none", "lambdarank_unbiased", "ipw"] = Field(
+        default="ipw",
+        description="Bias correction of the served rows (docs/training.md).",
+    )
     trials: int = Field(default=8, ge=1, le=10_000, description="Number of sampled trials.")
     max_concurrent: int | None = Field(
         default=None, ge=1, description="Trials running at once; default: as many as fit."

@@ -87,6 +87,19 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
     tune_storage = config.tune_storage or storage.join(settings.store, "tune")
 
     dataset = load_dataset(config.features)
+    served_params: dict[str, Any] = {}
+    if config.served:
+        from attune.training.served import with_served
+
+        dataset, served_params = with_served(
+            dataset, config.served, correction=config.served_correction, seed=config.seed
+        )
+        if served_params and config.data_parallel_workers > 0:
+            raise ConfigError(
+                field="served_correction,data_parallel_workers",
+                value=[config.served_correction, config.data_parallel_workers],
+                problem="the data-parallel retrain does not take the correction's parameters",
+            )
     histories = config.histories or dataset.histories
     if not histories:
         raise ConfigError(
@@ -108,11 +121,17 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
             config=config,
             name=name,
             storage_uri=tune_storage,
+            extra_params=served_params,
         )
         (report_dir / "sweep.txt").write_text(print_table(sweep))
         plot_curves(sweep, report_dir / "sweep_ndcg.png")
         booster = _winner_booster(
-            sweep, dataset, config=config, name=name, storage_uri=tune_storage
+            sweep,
+            dataset,
+            config=config,
+            name=name,
+            storage_uri=tune_storage,
+            extra_params=served_params,
         )
 
     def score(X: np.ndarray) -> np.ndarray:
@@ -251,7 +270,13 @@ def _ray_connected(address: str | None) -> Iterator[None]:
 
 
 def _winner_booster(
-    sweep: SweepResult, dataset: RankingDataset, *, config: TuneConfig, name: str, storage_uri: str
+    sweep: SweepResult,
+    dataset: RankingDataset,
+    *,
+    config: TuneConfig,
+    name: str,
+    storage_uri: str,
+    extra_params: dict[str, Any] | None = None,
 ) -> Any:
     """The winner as a booster cut to its best round (see the module docstring)."""
     best = sweep.best
@@ -273,7 +298,13 @@ def _winner_booster(
         ).booster
     booster = load_checkpoint(best, storage_uri=storage_uri)
     if booster is None:
-        booster = retrain(best, dataset["train"], config=config, nthread=os.cpu_count() or 1)
+        booster = retrain(
+            best,
+            dataset["train"],
+            config=config,
+            nthread=os.cpu_count() or 1,
+            extra_params=extra_params,
+        )
     return booster
 
 
@@ -321,6 +352,7 @@ def _lineage(
             "content_hash": dataset.content_hash,
             "feature_spec_hash": dataset.spec.hash,
             "rows": {k: len(v) for k, v in dataset.splits.items()},
+            "served": dataset.manifest.get("served"),
         },
         "histories": histories,
         "code_version": _code_version(),

@@ -158,6 +158,7 @@ def run_sweep(
     config: TuneConfig,
     name: str,
     storage_uri: str,
+    extra_params: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Run ``config.trials`` trials on the connected Ray cluster and summarize them.
 
@@ -196,6 +197,7 @@ def run_sweep(
             early_stopping_rounds=config.early_stopping_rounds,
             select_by=config.select_by,
             weighting=config.weighting,
+            extra_params=dict(extra_params or {}),
         ),
         config.trial_resources(),
     )
@@ -262,8 +264,12 @@ def _run_trial(
     early_stopping_rounds: int,
     select_by: str = "policy_value",
     weighting: str = "none",
+    extra_params: dict[str, Any] | None = None,
 ) -> None:
-    """One trial: train a ranker on the shared arrays, reporting every round to Tune."""
+    """One trial: train a ranker on the shared arrays, reporting every round to Tune.
+
+    ``extra_params`` (e.g. a served-data correction's) override the sampled ones.
+    """
     import ray
     from ray import tune
     from ray.tune.integration.xgboost import TuneReportCheckpointCallback
@@ -271,6 +277,7 @@ def _run_trial(
     resources = tune.get_context().get_trial_resources().required_resources
     nthread = max(1, int(resources.get("CPU", 1)))
     params = xgb_params(config, nthread=nthread, device=device, seed=seed)  # type: ignore[arg-type]
+    params.update(extra_params or {})
     dtrain = training_matrix(
         data.train_X,
         label=data.train_label,
@@ -461,9 +468,11 @@ def retrain(
     *,
     config: TuneConfig,
     nthread: int,
+    extra_params: dict[str, Any] | None = None,
 ) -> Any:
     """Train ``trial``'s point for its best number of rounds on the driver."""
     params = xgb_params(trial.params, nthread=nthread, device=config.device, seed=config.seed)
+    params.update(extra_params or {})
     dtrain = training_matrix(
         train.X,
         label=train.label,
