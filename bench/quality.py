@@ -1,7 +1,7 @@
 """Ranking quality by the outcome: NDCG-selected versus value-selected sweep winners.
 
-    python bench/quality.py [--sizes 6000,20000,60000] [--seeds 101] [--trials 8]
-        [--max-rounds 150] [--work DIR] [--out DIR]
+    python bench/quality.py [--sizes 6000,20000,60000] [--seeds 101] [--runs 6000:101,...]
+        [--trials 8] [--max-rounds 150] [--work DIR] [--out DIR]
 
 For every size and seed: simulate a history (``attune generate``, 12 months) and
 preprocess it (both kept under ``--work`` and reused), run one sweep
@@ -245,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/quality.py", description=__doc__)
     parser.add_argument("--sizes", default="6000,20000,60000", help="Borrower counts.")
     parser.add_argument("--seeds", default="101", help="Simulator seeds (comma-separated).")
+    parser.add_argument(
+        "--runs", default=None, help="Explicit size:seed pairs (e.g. 6000:101,20000:102)."
+    )
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--max-rounds", type=int, default=150)
     parser.add_argument("--work", default=None, help="Where histories and datasets are kept.")
@@ -258,27 +261,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for size in sizes:  # data first, outside Ray, so preprocessing gets every CPU
-        for seed in seeds:
-            _prepare(size, seed, work)
+    if args.runs:
+        pairs = [tuple(int(v) for v in p.split(":")) for p in args.runs.split(",")]
+    else:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        pairs = [(int(size), seed) for size in args.sizes.split(",") for seed in seeds]
+    for size, seed in pairs:  # data first, outside Ray, so preprocessing gets every CPU
+        _prepare(size, seed, work)
     ray.init(address=get_settings().ray_address or "local", log_to_driver=False)
     runs = []
     try:
-        for size in sizes:
-            for seed in seeds:
-                runs.append(
-                    _run_one(
-                        size,
-                        seed,
-                        work=work,
-                        trials=args.trials,
-                        max_rounds=args.max_rounds,
-                        store=str(work / "tune"),
-                    )
+        for size, seed in pairs:
+            runs.append(
+                _run_one(
+                    size,
+                    seed,
+                    work=work,
+                    trials=args.trials,
+                    max_rounds=args.max_rounds,
+                    store=str(work / "tune"),
                 )
-                (out / "quality.json").write_text(json.dumps(runs, indent=2, default=str))
+            )
+            (out / "quality.json").write_text(json.dumps(runs, indent=2, default=str))
     finally:
         ray.shutdown()
     text = _table(runs)
