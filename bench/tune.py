@@ -5,7 +5,8 @@
 Runs the sweep of :mod:`attune.training.tune` twice over the same dataset, the same
 seeded Optuna search and the same trial count and round budget: (a) with ASHA
 stopping weak trials, (b) with FIFO (every trial runs until the budget or early
-stopping). Prints the best validation NDCG@3, the trial-iterations (boosting rounds
+stopping). Prints the best validation selection metric (the estimated policy value
+by default), the trial-iterations (boosting rounds
 summed over trials) and the wall time of each, and ASHA's figures as ratios of FIFO's,
 measured side by side in one run. Starts a local Ray unless ``RAY_ADDRESS`` names one.
 """
@@ -76,17 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray.shutdown()
 
     table = Table(title="same search budget: ASHA vs full budget (FIFO)")
-    for column in ("scheduler", "best valid NDCG@3", "trial-iterations", "wall s"):
+    for column in ("scheduler", "best valid value (SNIPS)", "trial-iterations", "wall s"):
         table.add_column(column, justify="right")
     for scheduler, (sweep, wall) in runs.items():
         table.add_row(
-            scheduler, f"{sweep.best.best_ndcg:.4f}", str(sweep.total_rounds), f"{wall:.1f}"
+            scheduler, f"{sweep.best.best_score:.4f}", str(sweep.total_rounds), f"{wall:.1f}"
         )
     asha, asha_wall = runs["asha"]
     fifo, fifo_wall = runs["fifo"]
     table.add_row(
         "asha / fifo",
-        f"{asha.best.best_ndcg / fifo.best.best_ndcg:.4f}",
+        f"{asha.best.best_score / fifo.best.best_score:.4f}",
         f"{asha.total_rounds / fifo.total_rounds:.3f}",
         f"{asha_wall / fifo_wall:.3f}",
     )

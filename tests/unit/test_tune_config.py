@@ -57,6 +57,10 @@ def test_invalid_field_is_refused_naming_it(values: dict[str, Any], field: str) 
         ({"grace_period": 50, "max_rounds": 40}, {"grace_period", "max_rounds"}),
         ({"early_stopping_rounds": 40, "max_rounds": 40}, {"early_stopping_rounds", "max_rounds"}),
         ({"max_concurrent": 5, "trials": 4}, {"max_concurrent", "trials"}),
+        (
+            {"weighting": "propensity", "data_parallel_workers": 2},
+            {"weighting", "data_parallel_workers"},
+        ),
     ],
 )
 def test_cross_field_rule_names_both_values(values: dict[str, Any], fields: set[str]) -> None:

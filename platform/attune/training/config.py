@@ -99,6 +99,11 @@ class TuneConfig(BaseModel):
                 f"early_stopping_rounds ({self.early_stopping_rounds}) must be < "
                 f"max_rounds ({self.max_rounds})"
             )
+        if self.weighting != "none" and self.data_parallel_workers > 0:
+            raise ValueError(
+                f"weighting ({self.weighting}) is not supported with "
+                f"data_parallel_workers ({self.data_parallel_workers}) yet"
+            )
         if self.max_concurrent is not None and self.max_concurrent > self.trials:
             raise ValueError(
                 f"max_concurrent ({self.max_concurrent}) must be <= trials ({self.trials})"
