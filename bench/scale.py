@@ -69,13 +69,20 @@ def _ray_init(cpus: int, object_store_gb: float) -> float:
     import ray
 
     start = time.perf_counter()
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        object_store_memory=int(object_store_gb * 2**30),
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    for attempt in range(3):  # a busy shared host can time a node's start-up out
+        try:
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                object_store_memory=int(object_store_gb * 2**30),
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            ray.shutdown()
     return time.perf_counter() - start
 
 
@@ -397,7 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for size in sizes:
         work = root / f"n{size}"
         work.mkdir(exist_ok=True)
+        failed = False
         for stage in args.stages:
+            if failed:
+                break
             kinds = ["ray"]
             if stage in BASELINES and size <= args.baselines_up_to:
                 kinds.append("baseline")
@@ -411,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 except SystemExit as exc:  # keep what the other stages measure
                     print(f"{size:>10,} {stage:12} {kind:9} FAILED: {exc}", flush=True)
+                    failed |= kind == "ray"  # later stages need this one's output
                     continue
                 unit = "borrowers" if stage in ("materialize", "rank-batch") else "events"
                 row = {
