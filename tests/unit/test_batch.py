@@ -250,3 +250,21 @@ def test_a_canary_answering_nan_leaves_its_borrowers_to_the_champion() -> None:
     ranked = [r for r in out if r["_status"] == "ranked"]
     assert ranked and {r["arm"] for r in ranked} == {"champion"}
     assert all(np.isfinite(r["scores"]).all() for r in ranked)
+
+
+def test_rank_batch_cli_refuses_a_bad_eligibility_file_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attune.cli import main
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("touchpoints:\n  sms:\n    rules:\n      - {name: r, feature: logins_30, "
+                     "op: lt, value: 1, options: [gold_card]}\n")  # fmt: skip
+    status = main(
+        ["rank-batch", "--features", str(tmp_path), "--registry", str(tmp_path),
+         "--touchpoint", "sms", "--out", str(tmp_path / "out"), "--eligibility", str(rules)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status != 0
+    assert "gold_card" in err and "touchpoints.sms.rules.0.options" in err
+    assert not (tmp_path / "out").exists()
