@@ -1,5 +1,6 @@
 # attune — the two commands a newcomer needs: `make demo` and `make test`.
-# Both create .venv from pyproject.toml on first use.
+# Both create .venv on first use from the lock file (every version and hash pinned;
+# regenerate it after editing pyproject.toml: see README, "Dependencies").
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,10 +8,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install demo test unit integration faults lint typecheck bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev-lock.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sweep = run_sweep(
                 dataset["train"],
                 dataset["valid"],
+                spec=dataset.spec,
                 config=config,
                 name=f"bench-{scheduler}-{int(time.time())}",
                 storage_uri=storage,

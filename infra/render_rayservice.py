@@ -48,7 +48,7 @@ _CLUSTER = """\
                 - {containerPort: 8000, name: serve}
                 - {containerPort: 8080, name: metrics}
               env:
-                - {name: ATTUNE_STORE, value: "s3://attune-prod/store"}
+                - {name: ATTUNE_STORE, value: "s3://attune-prod"}
                 - {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
                 # Online feature store (infra/kuberay/redis.yaml or a managed Redis).
                 - name: ATTUNE_REDIS_URL
@@ -77,7 +77,7 @@ _CLUSTER = """\
                 ports:
                   - {containerPort: 8080, name: metrics}
                 env:
-                  - {name: ATTUNE_STORE, value: "s3://attune-prod/store"}
+                  - {name: ATTUNE_STORE, value: "s3://attune-prod"}
                   - {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
                   # Online feature store (infra/kuberay/redis.yaml or a managed Redis).
                   - name: ATTUNE_REDIS_URL

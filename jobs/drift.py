@@ -5,7 +5,8 @@
 
 Takes the arguments of ``attune monitor drift``; all logic lives in
 :mod:`attune.governance.monitor`. Exits 3 with ``--fail-on-alert`` when a feature is
-above the alert threshold, 2 on a bad argument or a missing artifact.
+above the alert threshold; other statuses are those of ``attune`` (:mod:`attune.cli`:
+2 usage, 4 invalid input, 5 not found, 8 store unavailable).
 """
 
 from __future__ import annotations
@@ -16,21 +17,16 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from attune.errors import AttuneError
-    from attune.governance.commands import EXIT_DRIFT_ALERT, add_drift_arguments, config_from_args
-    from attune.governance.monitor import run_drift_monitor, summary_line
+    from attune.cli import run
+    from attune.governance.commands import add_drift_arguments, drift
 
     parser = argparse.ArgumentParser(prog="jobs/drift.py", description=__doc__)
     add_drift_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        report = run_drift_monitor(config_from_args(args))
-    except AttuneError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    print(summary_line(report))
-    return EXIT_DRIFT_ALERT if args.fail_on_alert and report["flagged"]["alert"] else 0
+    return run(drift, parser.parse_args(argv), prog="jobs/drift.py")
 
 
 if __name__ == "__main__":
+    from _source import use_submitted_code
+
+    use_submitted_code()
     sys.exit(main())

@@ -22,4 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from _source import use_submitted_code
+
+    use_submitted_code()
     sys.exit(main())

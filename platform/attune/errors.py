@@ -100,7 +100,10 @@ class ConfigError(InvalidInput):
         """The first error of a pydantic ``ValidationError``, naming its field and value."""
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or default_field
-        return cls(field=field, value=first.get("input"), problem=first["msg"])
+        # pydantic prefixes a validator's own message with its error type.
+        problem = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        value = first.get("input") if first["loc"] else None  # not the whole input object
+        return cls(field=field, value=value, problem=problem)
 
 
 class FeatureSpecMismatch(InvalidInput):

@@ -56,3 +56,13 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The settings of this process (cached; call ``get_settings.cache_clear()`` in tests)."""
     return Settings()
+
+
+def current_user() -> str:
+    """Who runs this command, for audit records (``--by`` defaults to it everywhere)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry / no login name in a container
+        return "unknown"

@@ -58,9 +58,32 @@ def test_demo_runs_end_to_end_and_then_serve_run_local_yaml_serves_its_state(
         int, re.findall(r"pay_on_time_30 before → after\s*│\s*(\d+) → (\d+)", out)[0]
     )
     assert after == before + 1
+    _check_loop(workdir, report)
     borrower = re.search(r"│ borrower\s*│\s*(\d+)", out)
     assert borrower, out[-4000:]
     _serve_run_local_yaml_answers_by_id(tmp_path, env, int(borrower.group(1)))
+
+
+def _check_loop(workdir: Path, report: str) -> None:
+    """The learning loop ran twice and summary.json says what each turn did."""
+    import json
+
+    summary = json.loads((workdir / "demo" / "summary.json").read_text())
+    loop = summary["loop"]
+    assert len(loop) == 2, loop
+    for turn in loop:
+        assert {"candidate", "ope", "realized", "true_value", "champion_true_value"} <= set(turn)
+        assert {"oracle_share", "promoted"} <= set(turn)
+        assert turn["ope"] is None or {"estimator", "value", "ci_low", "ci_high", "n"} <= set(
+            turn["ope"]
+        )
+        assert turn["ope"] is None or turn["ope"]["ci_low"] <= turn["ope"]["value"]
+        refs = turn["references"]  # no ranking beats the oracle on the same presentations
+        assert refs["random"] < refs["oracle"]
+        assert max(turn["true_value"], turn["champion_true_value"]) <= refs["oracle"] + 1e-9
+        assert turn["promoted"] in (True, False)
+    assert all(turn["ope"] is not None for turn in loop), loop  # exploring decisions were served
+    assert "learning loop: true policy value per iteration" in report
 
 
 def _serve_run_local_yaml_answers_by_id(checkout: Path, env: dict[str, str], borrower: int) -> None:

@@ -94,7 +94,7 @@ def test_generate_into_a_missing_bucket_names_the_uri(
 ) -> None:
     uri = "s3://no-such-bucket-here/h"
     argv = ["generate", "--borrowers", "5", "--months", "1", "--seed", "1", "--out", uri]
-    assert cli.main([*argv, "--quiet"]) == 2
+    assert cli.main(["--json-errors", *argv, "--quiet"]) == 5  # not found
     error = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert error["error"] == "StoreNotFound"
     assert "no-such-bucket-here" in error["details"]["uri"]

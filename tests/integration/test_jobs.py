@@ -121,3 +121,66 @@ def test_failing_job_reports_failed_with_the_error(head_node: str, tmp_path: Pat
     )
     assert status == JobStatus.FAILED
     assert "borrowers" in client.get_job_logs(job_id)
+
+
+_PROBE_JOB = '''
+"""A job that reports which attune its driver and a worker imported."""
+import sys
+
+if __name__ == "__main__":
+    from _source import use_submitted_code
+
+    use_submitted_code()
+    import ray
+
+    import attune._submitted_probe as probe
+    from attune.runtime import init_ray
+
+    init_ray(None)
+
+    @ray.remote
+    def on_a_worker() -> str:
+        import attune._submitted_probe as worker_probe
+
+        print("worker imported", worker_probe.MARK, flush=True)  # must reach `ray job logs`
+        return worker_probe.MARK
+
+    print("driver imported", probe.MARK, "worker returned", ray.get(on_a_worker.remote()))
+    sys.exit(0)
+'''
+
+
+def test_a_job_runs_the_submitted_code_on_driver_and_workers(
+    head_node: str, tmp_path: Path
+) -> None:
+    """A module only the submitted tree has is imported by the driver and by a worker task,
+    and the worker's own output reaches ``ray job logs``."""
+    import uuid
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    tree = tmp_path / "submitted"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "platform", tree / "platform", ignore=ignore)
+    shutil.copytree(ROOT / "jobs", tree / "jobs", ignore=ignore)
+    mark = uuid.uuid4().hex
+    (tree / "platform" / "attune" / "_submitted_probe.py").write_text(f"MARK = {mark!r}\n")
+    (tree / "jobs" / "probe_submitted.py").write_text(_PROBE_JOB)
+    with pytest.raises(ModuleNotFoundError):  # the installed package does not have it
+        __import__("attune._submitted_probe")
+
+    client = JobSubmissionClient(head_node)
+    job_id = client.submit_job(
+        entrypoint="python jobs/probe_submitted.py", runtime_env={"working_dir": str(tree)}
+    )
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    status = wait_for(
+        lambda: (s := client.get_job_status(job_id)) in terminal and s,
+        timeout=300,
+        interval=1.0,
+        what=f"job {job_id} to finish",
+    )
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs
+    assert f"driver imported {mark} worker returned {mark}" in logs
+    assert f"worker imported {mark}" in logs

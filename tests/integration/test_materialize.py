@@ -113,7 +113,7 @@ def test_snapshot_layout_pointer_and_cli_on_s3(
     store = f"{s3_bucket}/store"
     argv = ["features", "materialize", "--histories", histories, "--out", store]
     # an s3:// store needs a shared online store: refused without one, naming the field
-    assert cli.main([*argv, "--buckets", "3"]) == 2
+    assert cli.main([*argv, "--buckets", "3"]) == 4  # invalid input
     assert "online.redis_url" in capsys.readouterr().err
     argv += ["--redis-url", redis_url, "--as-of", "2025-08-01T00:00:00Z", "--buckets", "3"]
     assert cli.main(argv) == 0

@@ -262,6 +262,72 @@ def test_borrower_state_over_http_gives_the_training_feature_vectors(serving: Se
     np.testing.assert_array_equal(np.asarray(record["features"], dtype=np.float32), expected)
 
 
+def _logged(serving: Serving, answers: dict[int, Any]) -> dict[int, dict[str, Any]]:
+    """The primary decision-log rows of ``answers`` (borrower -> answer body), by borrower."""
+    wanted = {a["decision_id"]: b for b, a in answers.items()}
+
+    def rows() -> dict[int, dict[str, Any]]:
+        found = {
+            wanted[r["decision_id"]]: r
+            for r in serving.decisions()
+            if r["decision_id"] in wanted and r["role"] == "primary"
+        }
+        return found if len(found) == len(wanted) else {}
+
+    found = wait_for(rows, timeout=60, what="the decisions in the log")
+    assert isinstance(found, dict)
+    return found
+
+
+def test_exploration_knob_logs_exact_propensities_and_swaps_policies_without_restart(
+    serving: Serving,
+) -> None:
+    """Exploring borrowers (by the assignment hash) get slates drawn by the policy, with
+    per-position propensities that the policy itself gives; others get none. Thompson
+    sampling is a choice of the same live knob, and a new posterior arrives through
+    ``reconfigure`` on the running replica."""
+    from attune.experiments.bandits import DecisionContext, Feedback, build_policy
+    from attune.experiments.exploration import ExplorationConfig, Explorer
+    from attune.experiments.policy_config import ThompsonConfig
+
+    champ = serving.versions["champ"]
+    softmax = ExplorationConfig(policy="softmax", share=0.5, temperature=0.5)
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-explore", exploration=softmax))
+    replica = serving.models()["replica"]
+    explorer = Explorer(softmax, salt="it-explore")
+    answers = {b: serving.rank(rank_body(b, n=5, seed=b)).body for b in range(60)}
+    rows = _logged(serving, answers)
+    exploring = [b for b in answers if explorer.explores(b)]
+    assert 15 < len(exploring) < 45
+    for b, answer in answers.items():
+        row, shown = rows[b], [o["propensity"] for o in answer["options"]]
+        if b not in exploring:
+            assert row["propensities"] is None and shown == [None] * 5
+            continue
+        assert json.loads(row["logging_policy"]) == {"policy": "softmax", "temperature": 0.5}
+        context = DecisionContext(scores=np.asarray(row["scores"]))
+        marginals = explorer.policy.position_probabilities(context, 3)
+        drawn = [row["candidates"].index(o) for o in row["returned_order"][:3]]
+        np.testing.assert_allclose(row["propensities"], marginals[drawn, [0, 1, 2]])
+        np.testing.assert_allclose(shown[:3], row["propensities"])
+
+    # Thompson sampling over the catalog, its posterior learned offline from feedback.
+    policy = build_policy(ThompsonConfig(n_options=len(OPTION_IDS), n_buckets=3, mc_samples=300))
+    policy.update([Feedback(option=2, reward=1.0) for _ in range(30)])
+    thompson = ExplorationConfig(policy="thompson", share=1.0, state=policy.state())
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-explore-2", exploration=thompson))
+    assert serving.models()["replica"] == replica  # reconfigured in place, not restarted
+    answers = {b: serving.rank(rank_body(b, n=5, seed=b)).body for b in range(20)}
+    rows = _logged(serving, answers)
+    context = DecisionContext(options=tuple(range(5)), bucket=0)  # touchpoint "app"
+    marginals = policy.position_probabilities(context, 3)
+    for row in rows.values():
+        drawn = [row["candidates"].index(o) for o in row["returned_order"][:3]]
+        np.testing.assert_allclose(row["propensities"], marginals[drawn, [0, 1, 2]])
+    leading = Counter(row["returned_order"][0] for row in rows.values())
+    assert leading.most_common(1)[0][0] == OPTION_IDS[2]  # what the posterior learned
+
+
 def _arms(serving: Serving, borrowers: range) -> dict[int, str]:
     client = KeepAlive(serving.base)
 
@@ -416,6 +482,42 @@ def test_rollout_cli_reconfigures_the_running_app(
     assert main(["rollout", "status", *common]) == 0
     assert json.loads(capsys.readouterr().out)["shadow_percent"] == 25
     assert serving.registry.aliases()["shadow"] == serving.versions["cand"]
+
+
+def test_rollout_canary_runs_the_off_policy_gate_on_served_logs_and_refuses_a_worse_one(
+    serving: Serving, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Served exploring decisions, rewards planted on what the champion ranks first: a
+    candidate whose ranking is unrelated (a model of noise) is refused by ``attune rollout
+    canary`` itself, and neither the aliases nor the app's config move."""
+    import pandas as pd
+
+    from attune.cli import main
+
+    champ, worse = serving.versions["champ"], serving.versions["garbage"]
+    explore = {"policy": "softmax", "share": 1.0, "temperature": 2.0}
+    serving.set_rollout(RolloutConfig(champion=champ, salt="it-ope", exploration=explore))
+    answers = {b: serving.rank(rank_body(b, seed=1_000 + b)).body for b in range(200)}
+    rows = _logged(serving, answers)
+    outcomes = []
+    for row in rows.values():  # the option the champion scores highest is the one that pays
+        best = row["candidates"][int(np.argmax(row["scores"]))]
+        outcomes += [
+            {"decision_id": row["decision_id"], "option_id": o, "reward": float(o == best)}
+            for o in row["returned_order"][:3]
+        ]
+    planted = tmp_path / "outcomes.parquet"
+    pd.DataFrame(outcomes).to_parquet(planted)
+    aliases = serving.registry.aliases()
+    common = ["--app", APP, "--registry", serving.registry.uri]
+    gate = ["--ope-decisions", storage.join(serving.store, "decisions"), "--ope-outcomes"]
+    code = main(["rollout", "canary", worse, "--percent", "10", *gate, str(planted), *common])
+    printed = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    verdict = printed["ope_gate"]
+    assert code != 0 and verdict["verdict"]["passed"] is False, json.dumps(printed)
+    assert verdict["estimator"] == "snips" and verdict["decisions_used"] >= 200
+    assert serving.registry.aliases() == aliases
+    assert [m["role"] for m in serving.models()["models"]] == ["champion"]
 
 
 def test_buffered_decisions_are_flushed_when_a_replica_shuts_down(

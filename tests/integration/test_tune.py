@@ -63,7 +63,12 @@ def test_sweep_runs_trials_on_both_nodes_with_one_thread_per_cpu(
     ds = load_dataset(synthetic.features, splits=("train", "valid"))
     config = _config(synthetic, tmp_path)
     sweep = run_sweep(
-        ds["train"], ds["valid"], config=config, name="spread", storage_uri=str(tmp_path / "t")
+        ds["train"],
+        ds["valid"],
+        spec=ds.spec,
+        config=config,
+        name="spread",
+        storage_uri=str(tmp_path / "t"),
     )
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(alive) == 2
@@ -71,7 +76,18 @@ def test_sweep_runs_trials_on_both_nodes_with_one_thread_per_cpu(
     assert len(sweep.trials) == config.trials
     assert all(t.nthread == config.cpus_per_trial for t in sweep.trials)
     assert all(t.rounds >= config.grace_period for t in sweep.trials)
-    assert sweep.best.best_ndcg == max(t.best_ndcg for t in sweep.trials)
+    # Selected by the estimated policy value (the default); NDCG is still reported.
+    assert sweep.selected_by == "policy_value"
+    assert sweep.best.best_value == max(t.best_value for t in sweep.trials)
+    assert all(len(t.value_curve) == len(t.curve) == t.rounds for t in sweep.trials)
+    full = [t for t in sweep.trials if t.rounds == config.max_rounds]
+    assert full, "some trial should train its whole budget"
+    for t in full:  # end-of-training report: the best round's estimate with its interval
+        assert t.value_estimate is not None
+        assert (
+            t.value_estimate["ci_low"] <= t.value_estimate["value"] <= t.value_estimate["ci_high"]
+        )
+        assert t.value_estimate["value"] == pytest.approx(t.best_value, abs=1e-6)
 
 
 def test_asha_stops_weak_trials_fifo_runs_every_trial_to_the_budget(
@@ -83,7 +99,12 @@ def test_asha_stops_weak_trials_fifo_runs_every_trial_to_the_budget(
     for scheduler in ("asha", "fifo"):
         config = _config(synthetic, tmp_path, scheduler=scheduler)
         sweep = run_sweep(
-            ds["train"], ds["valid"], config=config, name=scheduler, storage_uri=str(tmp_path)
+            ds["train"],
+            ds["valid"],
+            spec=ds.spec,
+            config=config,
+            name=scheduler,
+            storage_uri=str(tmp_path),
         )
         rounds[scheduler] = [t.rounds for t in sweep.trials]
     assert rounds["fifo"] == [12] * 6
@@ -100,7 +121,12 @@ def test_winner_checkpoint_is_cut_to_its_best_round(
         synthetic, tmp_path, trials=2, early_stopping_rounds=3, scheduler="fifo", cpus_per_trial=2
     )
     sweep = run_sweep(
-        ds["train"], ds["valid"], config=config, name="ckpt", storage_uri=str(tmp_path)
+        ds["train"],
+        ds["valid"],
+        spec=ds.spec,
+        config=config,
+        name="ckpt",
+        storage_uri=str(tmp_path),
     )
     assert [t.nthread for t in sweep.trials] == [2, 2]
     booster = load_checkpoint(sweep.best, storage_uri=str(tmp_path))
@@ -151,6 +177,19 @@ def test_attune_tune_registers_one_complete_version(
     assert set(metrics["policy_values"]) == {"model", "random", "legacy", "best_fixed", "oracle"}
     assert metrics["share_of_oracle_lift"]["oracle"] == pytest.approx(1.0)
     assert metrics["sweep"]["trials"] == 8
+    # The winner was selected by the estimated policy value; both splits report the
+    # estimate with its interval and the ground truth's value of the same policy.
+    assert metrics["validation"]["selected_by"] == "policy_value"
+    for split in ("valid", "test"):
+        estimate = metrics["policy_value_estimate"][split]
+        assert estimate["estimator"] == "snips"
+        assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+        assert estimate["covers_true"] == (
+            estimate["ci_low"] <= estimate["true"] <= estimate["ci_high"]
+        )
+    assert metrics["policy_value_estimate"]["test"]["true"] == pytest.approx(
+        metrics["policy_values"]["model"]
+    )
     parity = storage.read_json(storage.join(base, "parity.json"))
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
     lineage = storage.read_json(storage.join(base, "lineage.json"))

@@ -33,7 +33,12 @@ def test_gpu_sweep_trains_every_trial_on_cuda(ray_cluster: Any, tmp_path: Path) 
         scheduler="fifo",
     )
     sweep = run_sweep(
-        ds["train"], ds["valid"], config=config, name="gpu", storage_uri=str(tmp_path / "t")
+        ds["train"],
+        ds["valid"],
+        spec=ds.spec,
+        config=config,
+        name="gpu",
+        storage_uri=str(tmp_path / "t"),
     )
     assert all(t.rounds == 8 for t in sweep.trials)
     assert all(t.device.startswith("cuda") for t in sweep.trials)

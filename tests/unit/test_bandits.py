@@ -17,7 +17,6 @@ from attune.experiments.bandits import (
     DecisionContext,
     Feedback,
     Policy,
-    PolicyRanker,
     ThompsonPolicy,
     build_policy,
     policy_from_state,
@@ -273,19 +272,3 @@ def test_bad_feedback_is_invalid_input(config, feedback: Feedback, argument: str
     with pytest.raises(InvalidInput) as info:
         build_policy(config).update([feedback])
     assert info.value.argument == argument
-
-
-def test_policy_ranker_returns_full_order_with_per_rank_propensities() -> None:
-    """The serving adapter: a permutation of all candidates and each rank's exact marginal."""
-    policy = build_policy(SoftmaxConfig(temperature=0.5))
-    ranker = PolicyRanker(policy, seed=1)
-    order, propensities = ranker.order(CONTEXT.scores)
-    assert sorted(order.tolist()) == list(range(K))
-    marginals = policy.position_probabilities(DecisionContext(scores=CONTEXT.scores), K)
-    np.testing.assert_allclose(propensities, marginals[order, np.arange(K)])
-
-
-def test_policy_ranker_refuses_policies_that_do_not_rank_scores() -> None:
-    with pytest.raises(InvalidInput) as info:
-        PolicyRanker(build_policy(ThompsonConfig(n_options=3)))
-    assert info.value.argument == "policy"

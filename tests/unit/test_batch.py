@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from attune.data.features import candidate_block, candidate_matrix
 from attune.data.schema import OPTION_IDS
 from attune.data.spec import BORROWER_FEATURES, default_spec
 from attune.errors import ConfigError
+from attune.experiments.exploration import ExplorationConfig
 from attune.serving.api import RankRequest
 from attune.serving.config import RolloutConfig
 from attune.serving.decision_log import MemorySink
@@ -268,3 +270,38 @@ def test_rank_batch_cli_refuses_a_bad_eligibility_file_naming_the_option(
     assert status != 0
     assert "gold_card" in err and "touchpoints.sms.rules.0.options" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_exploring_borrowers_are_the_apps_and_log_their_slates_propensities() -> None:
+    store, rollout = _store()
+    rollout = rollout.model_copy(
+        update={"exploration": ExplorationConfig(policy="epsilon", share=0.5, epsilon=0.3)}
+    )
+    plan = replace(_plan(rollout), exploration=rollout.exploration)
+    sink = MemorySink()
+    out = BatchRanker(plan, store=store, sink=sink)(_snapshot(60)).to_pylist()
+    service = RankingService(store=store, rollout=rollout, decision_log=None, borrower_salt="x")
+    ranked = [r for r in out if r["_status"] == "ranked"]
+    exploring = [r for r in ranked if r["propensities"] is not None]
+    assert 0 < len(exploring) < len(ranked)
+    for row in ranked:
+        request = RankRequest.model_validate(
+            {
+                "borrower_id": row["borrower_id"],
+                "context": {"touchpoint": "email"},
+                "candidates": [{"option_id": o} for o in OPTIONS if o in row["options"]],
+                "borrower": dict(zip(BORROWER_FEATURES, _features(row), strict=True)),
+            }
+        )
+        served = asyncio.run(service.rank(request))
+        assert (served.options[0].propensity is not None) == (row["propensities"] is not None)
+        if row["propensities"] is not None:
+            assert len(row["propensities"]) == min(3, len(row["options"]))
+            assert all(0 < p <= 1 for p in row["propensities"])
+            assert sorted(row["options"]) == sorted(o.option_id for o in served.options)
+    logged = {r["decision_id"]: r for r in sink.rows()}
+    for row in ranked:
+        record = logged[row["decision_id"]]
+        assert record["propensities"] == row["propensities"]
+        assert (record["logging_policy"] is not None) == (row["propensities"] is not None)
+        assert record["returned_order"] == row["options"]

@@ -304,8 +304,9 @@ def test_monitor_errors_name_what_is_wrong(
         spec="abc123",
     )
     decisions = str(tmp_path / "decisions")
-    status = main(["monitor", "drift", "--registry", registry, "--decisions", decisions, *args])
-    assert status == 2
+    argv = ["monitor", "drift", "--registry", registry, "--decisions", decisions, *args]
+    status = main(["--json-errors", *argv])
+    assert status == (5 if error.endswith("NotFound") else 4)
     assert json.loads(capsys.readouterr().err.splitlines()[-1])["error"] == error
 
 
@@ -391,7 +392,7 @@ def test_simulated_traffic_drifts_only_when_the_simulator_is_shifted(
 
 
 def test_the_drift_job_is_the_cli_command(tmp_path: Path, reference: dict[str, Any]) -> None:
-    """jobs/drift.py takes the same arguments and exits 3 on alert, 2 on a bad reference."""
+    """jobs/drift.py takes the same arguments and exits 3 on alert, 5 on a missing alias."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[2] / "jobs" / "drift.py"
@@ -408,4 +409,4 @@ def test_the_drift_job_is_the_cli_command(tmp_path: Path, reference: dict[str, A
     assert job.main([*args, "--version", "shadow", *out, "--fail-on-alert"]) == 3
     report = json.loads((tmp_path / "job" / "drift.json").read_text())
     assert report["flagged"]["alert"] == ["contacts_30d"]
-    assert job.main([*args, "--version", "canary", *out]) == 2
+    assert job.main([*args, "--version", "canary", *out]) == 5

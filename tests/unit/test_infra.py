@@ -23,8 +23,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 REDIS_MANIFEST = INFRA / "kuberay/redis.yaml"
-# KubeRay custom resources; redis.yaml beside them holds plain Kubernetes objects.
-MANIFESTS = sorted(p for p in (INFRA / "kuberay").glob("*.yaml") if p != REDIS_MANIFEST)
+SCHEDULES = INFRA / "kuberay/schedules.yaml"
+KUSTOMIZATION = INFRA / "kuberay/kustomization.yaml"
+# KubeRay custom resources; redis.yaml, schedules.yaml and kustomization.yaml beside
+# them hold plain Kubernetes objects.
+MANIFESTS = sorted(
+    p
+    for p in (INFRA / "kuberay").glob("*.yaml")
+    if p not in (REDIS_MANIFEST, SCHEDULES, KUSTOMIZATION)
+)
 _CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayJob": "ray.io_rayjobs.yaml",

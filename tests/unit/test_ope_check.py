@@ -50,8 +50,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, str, s
     return reg, good, bad
 
 
-def _logs(root: Path, *, propensities: bool, seed: int = 0) -> tuple[str, str]:
+def _logs(
+    root: Path, *, propensities: bool, seed: int = 0, spec_hash: str | None = None
+) -> tuple[str, str]:
     """Uniform-random slates (P = 1/8 per position); payment_plan pays off, others rarely."""
+    spec_hash = spec_hash or default_spec().hash
     rng = np.random.default_rng(seed)
     decisions, outcomes = [], []
     features = [row.tolist() for row in _rows()]
@@ -65,6 +68,7 @@ def _logs(root: Path, *, propensities: bool, seed: int = 0) -> tuple[str, str]:
                 "features": features,
                 "returned_order": order,
                 "propensities": [1 / 8] * 3 if propensities else None,
+                "feature_spec_hash": spec_hash,
             }
         )
         for option in order[:3]:
@@ -115,3 +119,40 @@ def test_logs_without_propensities_cannot_judge(
     )
     assert check.decision is None
     assert check.skipped_without_propensities == 600
+
+
+def _as_reward_rows(outcomes: str, keep: int) -> str:
+    """The outcomes as ``attune outcomes`` writes them, for the first ``keep`` decisions only
+    (the others' attribution windows are still open, so they have no rows yet)."""
+    frame = pd.read_parquet(outcomes)
+    frame["position"] = frame.groupby("decision_id").cumcount() + 1
+    frame = frame[frame["decision_id"].str[1:].astype(int) < keep]
+    out = outcomes.replace("outcomes.parquet", "rewards.parquet")
+    frame.to_parquet(out)
+    return out
+
+
+def test_reward_rows_use_only_decisions_whose_window_closed(
+    registry: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    """Decisions without reward rows (window still open) are left out, not scored zero."""
+    reg, good, bad = registry
+    decisions, outcomes = _logs(tmp_path, propensities=True)
+    rewards = _as_reward_rows(outcomes, keep=400)
+    check = ope_check(
+        registry=reg, candidate=bad, champion=good, decisions_uri=decisions, outcomes_uri=rewards
+    )
+    assert check.decisions_used == 400 and check.skipped_open_window == 200
+    assert check.decision is not None and not check.decision.passed
+    assert check.to_dict()["estimator"] == "snips"
+
+
+def test_decisions_of_another_feature_spec_are_skipped_and_counted(
+    registry: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    reg, good, bad = registry
+    decisions, outcomes = _logs(tmp_path, propensities=True, spec_hash="0" * 64)
+    check = ope_check(
+        registry=reg, candidate=bad, champion=good, decisions_uri=decisions, outcomes_uri=outcomes
+    )
+    assert check.decision is None and check.skipped_other_spec == 600

@@ -509,9 +509,9 @@ def test_cli_refusal_and_override(
 ) -> None:
     version = registry.register(_with_report(reports["biased"]), metadata={})
     args = ["registry", "alias", "champion", version, "--registry", registry.uri, "--by", "ana"]
-    assert main(args) == 2
+    assert main(["--json-errors", *args]) == 6  # refused by a gate
     assert json.loads(capsys.readouterr().err.splitlines()[-1])["error"] == "GateRefused"
-    assert main([*args, "--override"]) == 2
+    assert main([*args, "--override"]) == 4  # invalid input: no justification
     assert "justification" in capsys.readouterr().err
     assert main([*args, "--override", "--justification", "board sign-off"]) == 0
     assert json.loads(capsys.readouterr().out)["override"] is True
@@ -529,7 +529,7 @@ def test_cli_defaults_to_the_store_registry(
         version = Registry(str(tmp_path / "store" / "registry")).register(FILES, metadata={})
         assert main(["registry", "list", "--json"]) == 0
         assert [r["version"] for r in json.loads(capsys.readouterr().out)] == [version]
-        assert main(["registry", "show", "champion"]) == 2
+        assert main(["--json-errors", "registry", "show", "champion"]) == 5
         assert "AliasNotFound" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
@@ -547,9 +547,9 @@ def test_cli_gate_config_sets_the_bounds(
     broken = tmp_path / "broken.yaml"
     broken.write_text("min_exposure_ratio: [unclosed\n")
     args = ["registry", "alias", "canary", version, "--registry", registry.uri]
-    assert main([*args, "--gate-config", str(strict)]) == 2
+    assert main(["--json-errors", *args, "--gate-config", str(strict)]) == 6
     assert "GateRefused" in capsys.readouterr().err
-    assert main([*args, "--gate-config", str(broken)]) == 2
+    assert main(["--json-errors", *args, "--gate-config", str(broken)]) == 4
     assert '"field": "--gate-config"' in capsys.readouterr().err
     assert main(args) == 0
     assert registry.resolve("canary") == version

@@ -151,5 +151,5 @@ def test_rollout_cli_refuses_bad_arguments_before_touching_the_cluster(
 ) -> None:
     from attune.cli import main
 
-    assert main(argv) == 2
+    assert main(argv) == 4  # invalid input, before any cluster is touched
     assert named in capsys.readouterr().err

@@ -428,7 +428,7 @@ def test_generate_command_names_the_bad_argument(
     argv = ["generate", *[x for kv in base.items() for x in kv]]
     if args[0] not in base:
         argv += args
-    assert cli.main(argv) == 2
+    assert cli.main(["--json-errors", *argv]) == 4  # invalid input
     error = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert error["error"] == "ConfigError" and error["details"]["field"] == field
     assert not (tmp_path / "h").exists()

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from attune.errors import ConfigError
-from attune.serving.traffic import TrafficSplit, hash_borrower, unit_hash
+from attune.experiments.assignment import bucket
+from attune.serving.traffic import TrafficSplit, hash_borrower
 
 BORROWERS = range(20_000)
 
@@ -76,11 +77,17 @@ def test_shadow_mirrors_its_share_of_requests(share: float) -> None:
     assert abs(mirrored - share) < 0.015
 
 
-def test_unit_hash_is_uniform_on_the_unit_interval() -> None:
-    values = [unit_hash(i, salt="s") for i in range(10_000)]
-    assert min(values) >= 0.0 and max(values) < 1.0
-    deciles = [sum(1 for v in values if k / 10 <= v < (k + 1) / 10) for k in range(10)]
-    assert all(900 < count < 1100 for count in deciles)
+def test_the_canary_is_the_assignment_bucket_of_the_rollout_salt() -> None:
+    # One assignment hash: a borrower is on the canary exactly when the experiments'
+    # bucket of its id under the rollout salt is below the share (so batch campaigns and
+    # the served app agree on arms).
+    split = TrafficSplit(salt="r1", canary_share=0.3)
+    for borrower in range(2_000):
+        expected = "canary" if bucket(borrower, "r1") < 0.3 else "champion"
+        assert split.arm(borrower) == expected
+    mirror = TrafficSplit(salt="r1", shadow_share=0.3)
+    for key in map(str, range(2_000)):
+        assert mirror.mirror(key) == (bucket(key, "shadow/r1") < 0.3)
 
 
 def test_logged_borrower_hash_is_salted_and_hides_the_id() -> None:

@@ -22,6 +22,7 @@ BASE = {"features": "/data/f", "registry": "/data/r"}
         {"max_rounds": 2, "early_stopping_rounds": 1, "grace_period": 2},
         {"scheduler": "fifo", "gpu": True, "cpus_per_trial": 4},
         {"features": "s3://bucket/f", "registry": "s3://bucket/r", "histories": "s3://b/h"},
+        {"select_by": "ndcg", "weighting": "propensity"},
     ],
 )
 def test_valid_configs_are_accepted(values: dict[str, Any]) -> None:
@@ -40,6 +41,8 @@ def test_valid_configs_are_accepted(values: dict[str, Any]) -> None:
         ({"name": "has space"}, "name"),
         ({"features": ""}, "features"),
         ({"unknown": 1}, "unknown"),
+        ({"select_by": "map"}, "select_by"),
+        ({"weighting": "ips"}, "weighting"),
     ],
 )
 def test_invalid_field_is_refused_naming_it(values: dict[str, Any], field: str) -> None:
@@ -98,6 +101,16 @@ def test_cli_arguments_map_onto_the_config() -> None:
         True,
         "fifo",
     )
+
+
+def test_selection_defaults_to_the_estimated_policy_value() -> None:
+    """Done-when of the selection work: `attune tune` selects by estimated value by default."""
+    args = build_parser().parse_args(["tune", "--features", "/f", "--registry", "/r"])
+    assert config_from_args(args).select_by == "policy_value"
+    args = build_parser().parse_args(
+        ["tune", "--features", "/f", "--registry", "/r", "--select-by", "ndcg"]
+    )
+    assert config_from_args(args).select_by == "ndcg"
 
 
 def test_cli_leaves_unset_options_at_their_defaults() -> None:

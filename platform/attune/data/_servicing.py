@@ -223,8 +223,11 @@ class ServicingWindow:
         log.add(i, t[enrolled] + rng.integers(60, 1_800, i.size), _E["autopay_on"])
         sim.autopay[i] = True
         # A due date that matches payday, or a reminder, makes late payments rarer.
-        sim.tau[r[done(bh.DUE_DATE)]] *= 0.4
+        moved = done(bh.DUE_DATE)
+        log.add(r[moved], t[moved] + 120, _E["due_date_changed"])
+        sim.tau[r[moved]] *= 0.4
         for ch, option in enumerate(bh.REMINDERS):
+            log.add(r[done(option)], t[done(option)] + 180, _E["reminder_on"], channel=ch)
             new = done(option) & ~sim.reminders[r, ch]
             sim.tau[r[new]] *= 0.75
             sim.reminders[r[new], ch] = True

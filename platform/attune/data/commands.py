@@ -50,7 +50,10 @@ def _add_generate(subparsers: Any) -> None:
     p.add_argument("--months", type=int, required=True, help="months of history")
     p.add_argument("--seed", type=int, required=True, help="random seed (same seed, same history)")
     p.add_argument(
-        "--out", required=True, help="history root: local directory or s3://bucket/prefix"
+        "--store", default=None, help="store root (default: ATTUNE_STORE, else ./.attune)"
+    )
+    p.add_argument(
+        "--out", default=None, help="history root, dir or s3:// (default: <store>/histories)"
     )
     p.add_argument("--start", type=date.fromisoformat, help="first day of the history (YYYY-MM-01)")
     p.add_argument("--epsilon", type=float, help="logging policy's share of random slates (0.2)")
@@ -66,6 +69,7 @@ def _add_generate(subparsers: Any) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from attune.data.simulator import GenerateConfig, generate
+    from attune.layout import store_layout
 
     config = validated(
         GenerateConfig,
@@ -73,7 +77,7 @@ def _generate(args: argparse.Namespace) -> int:
             "borrowers": args.borrowers,
             "months": args.months,
             "seed": args.seed,
-            "out": args.out,
+            "out": args.out or store_layout(args.store).histories,
             "start": args.start,
             "epsilon": args.epsilon,
             "parallel": args.parallel,
@@ -103,7 +107,9 @@ def ray_session() -> Iterator[None]:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=get_settings().ray_address, log_to_driver=False)
+        from attune.runtime import init_ray
+
+        init_ray(get_settings().ray_address)
     try:
         yield
     finally:
@@ -124,8 +130,12 @@ def _add_preprocess(subparsers: Any) -> None:
         "presentation, label and split it by time into train/ valid/ test/ with "
         "feature_spec.json and manifest.json (committed atomically).",
     )
-    p.add_argument("--histories", required=True, help="history root (local dir or s3://)")
-    p.add_argument("--out", required=True, help="dataset root (local dir or s3://)")
+    from attune.layout import add_store_argument
+
+    add_store_argument(p, "histories")
+    p.add_argument(
+        "--out", default=None, help="dataset root, dir or s3:// (default: <store>/features/latest)"
+    )
     p.add_argument("--train-fraction", type=float, help="share of the time span (0.7)")
     p.add_argument("--valid-fraction", type=float, help="share of the time span (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of the time span (0.15)")
@@ -135,7 +145,10 @@ def _add_preprocess(subparsers: Any) -> None:
 
 def _preprocess(args: argparse.Namespace) -> int:
     from attune.data.pipeline import PreprocessConfig
+    from attune.layout import require, resolve, store_layout
 
+    histories = require(resolve(args, "histories"), "servicing history")
+    out = args.out or store_layout(args.store).features
     config = validated(
         PreprocessConfig,
         {
@@ -149,7 +162,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     from attune.data.pipeline import preprocess
 
     with ray_session():
-        result = preprocess(args.histories, args.out, config=config)
+        result = preprocess(histories, out, config=config)
     summary = {
         "out": result.uri,
         "rows": dict(result.rows),

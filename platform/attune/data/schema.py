@@ -84,6 +84,10 @@ EventType = Literal[
     "plan_broken",
     "charge_off",
     "payoff",
+    # appended (codes of the types above are unchanged): a completed due-date change and a
+    # reminder enrollment on a channel, so that every catalog option's completion is an event
+    "due_date_changed",
+    "reminder_on",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

@@ -178,7 +178,9 @@ def _run_on_ray(config: GenerateConfig, advance: Any) -> list[ShardSummary]:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=get_settings().ray_address, log_to_driver=False)
+        from attune.runtime import init_ray
+
+        init_ray(get_settings().ray_address)
     try:
         task = ray.remote(num_cpus=1)(simulate_shard)
         pending = [task.remote(config, shard) for shard in range(config.shards)]

@@ -16,7 +16,8 @@ def register(subparsers: Any) -> None:
         "demo",
         help="Run the whole flow on a local Ray and write an HTML report.",
         description="generate → preprocess → tune → export → register → serve → shadow → "
-        "canary → traffic → A/B analysis → drift, on a local Ray with a local store.",
+        "canary → traffic → A/B analysis → drift → learning loop, on a local Ray with a local "
+        "store.",
     )
     parser.add_argument("--workdir", default=None, help="Store root (default .attune).")
     parser.add_argument("--borrowers", type=int, default=None, help="Simulated borrowers.")
@@ -25,6 +26,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--trials", type=int, default=None, help="Tune trials per version.")
     parser.add_argument("--requests", type=int, default=None, help="Requests per phase.")
     parser.add_argument("--canary-percent", type=float, default=None, help="Canary share.")
+    parser.add_argument(
+        "--loop-iterations", type=int, default=None, help="Learning-loop iterations (2)."
+    )
     parser.add_argument(
         "--dashboard", action="store_true", help="Keep Ray and its dashboard up at the end."
     )
@@ -43,6 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
         "trials": args.trials,
         "requests": args.requests,
         "canary_percent": args.canary_percent,
+        "loop_iterations": args.loop_iterations,
         "dashboard": args.dashboard or None,
     }
     try:

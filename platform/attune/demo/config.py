@@ -27,6 +27,13 @@ class DemoConfig(BaseModel):
     canary_percent: float = Field(
         default=30.0, gt=0, lt=100, description="Share of borrowers sent to the canary."
     )
+    loop_iterations: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Learning-loop iterations (serve with exploration, rewards, retrain, "
+        "off-policy gate, canary); 0 skips the loop.",
+    )
     concurrency: int = Field(default=4, ge=1, le=64, description="Concurrent HTTP clients.")
     dashboard: bool = Field(
         default=False, description="Keep Ray (and its dashboard) up at the end, until Ctrl-C."

@@ -36,7 +36,8 @@ class Paths:
 
     @property
     def features(self) -> str:
-        return str(self.root / "features")
+        # the store layout's ranking dataset (attune.layout): online snapshots sit beside it
+        return str(self.root / "features" / "latest")
 
     @property
     def registry(self) -> str:
@@ -256,7 +257,9 @@ def deploy(paths: Paths, *, champion: str, port: int, redis_url: str) -> None:
     deploy(config)
 
 
-def rollout(paths: Paths, *, step: str, version: str, percent: float) -> None:
+def rollout(
+    paths: Paths, *, step: str, version: str | None = None, percent: float | None = None
+) -> None:
     from attune.serving.rollout import RolloutRequest, run_step
 
     run_step(
@@ -429,3 +432,95 @@ def drift(paths: Paths, version: str, summary: Any) -> None:
     png = paths.root / "monitoring" / "drift" / "drift.png"
     if png.exists():
         summary.images["drift: PSI per feature"] = png
+
+
+def learning_loop(
+    config: DemoConfig, paths: Paths, *, port: int, champion: str, summary: Any
+) -> list[Any]:
+    """Serve with exploration → rewards → retrain → OPE gate → canary → promote or refuse,
+    ``config.loop_iterations`` times, on held-out presentations (attune.demo.loop)."""
+    from attune.demo.endpoints import HttpEndpoint
+    from attune.demo.loop import Loop, LoopConfig, load_pool, plot_loop, simulator
+    from attune.registry import Registry
+    from attune.serving.model import OnnxScorer
+    from attune.settings import get_settings
+    from attune.training.config import TuneConfig
+    from attune.training.pipeline import train_and_register
+
+    registry = Registry(paths.registry)
+    pool = load_pool(paths.features)
+    environment, truth = simulator(pool, paths.histories, seed=config.seed)
+    scorers: dict[str, OnnxScorer] = {}
+
+    def score(version: str, rows: Any) -> Any:
+        if version not in scorers:
+            scorers[version] = OnnxScorer.load(registry, version)
+        return scorers[version].score(rows)
+
+    def retrain(i: int, rewards: str) -> str:
+        result = train_and_register(
+            TuneConfig(
+                features=paths.features,
+                registry=paths.registry,
+                trials=config.trials,
+                max_rounds=config.max_rounds,
+                seed=config.seed + 10 + i,
+                name=f"demo-loop-{i + 1}",
+                served=(rewards,),
+            )
+        )
+        return result.version_id
+
+    def promote(version: str) -> None:
+        rollout(paths, step="promote")
+
+    loop = Loop(
+        config=LoopConfig(
+            iterations=config.loop_iterations, requests=config.requests, seed=config.seed
+        ),
+        endpoint=HttpEndpoint(
+            base=f"http://127.0.0.1:{port}",
+            store=str(paths.root),
+            app=APP,
+            concurrency=config.concurrency,
+        ),
+        environment=environment,
+        truth=truth,
+        pool=pool,
+        retrain=retrain,
+        score=score,
+        registry=registry,
+        salt=get_settings().borrower_salt,
+        champion=champion,
+        promote=promote,
+    )
+    iterations = loop.run()
+    summary.loop = [it.to_dict() for it in iterations]
+    for i, it in enumerate(iterations, start=1):
+        ope = it.ope or {}
+        summary.facts[f"learning loop: iteration {i}"] = {
+            "candidate": it.candidate,
+            "OPE estimate [95 % CI]": (
+                f"{ope['value']:.4f} [{ope['ci_low']:.4f}, {ope['ci_high']:.4f}] "
+                f"({ope['estimator']}, n = {ope['n']})"
+                if ope
+                else "skipped: no usable exploring decision"
+            ),
+            "realized (canary)": (
+                f"{it.realized['value']:.4f} [{it.realized['ci_low']:.4f}, "
+                f"{it.realized['ci_high']:.4f}] (n = {it.realized['n']})"
+                if it.realized
+                else "no canary"
+            ),
+            "true value: candidate / champion": (
+                f"{it.true_value:.4f} / {it.champion_true_value:.4f}"
+            ),
+            "oracle share (candidate)": round(it.oracle_share, 3),
+            "promoted": it.promoted if it.promoted else f"no (refused by {it.refused_by})",
+        }
+    png = paths.root / "demo" / "learning_loop.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    summary.images["learning loop: true policy value per iteration"] = Path(
+        plot_loop(iterations, str(png))
+    )
+    return iterations

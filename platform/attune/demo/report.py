@@ -79,3 +79,16 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 """
     path.write_text(page)
     return path
+
+
+def write_summary_json(summary: Any, path: Path) -> Path:
+    """``summary.json``: every fact, step time and the learning loop's iterations."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "workdir": str(summary.workdir),
+        "facts": summary.facts,
+        "steps_s": summary.steps,
+        "loop": summary.loop,
+    }
+    path.write_text(json.dumps(body, indent=2, default=str))
+    return path

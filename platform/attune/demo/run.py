@@ -37,6 +37,7 @@ class DemoSummary:
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
     facts: dict[str, Any] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)  # caption -> PNG
+    loop: list[dict[str, Any]] = field(default_factory=list)  # learning-loop iterations
 
 
 class _Steps:
@@ -171,10 +172,18 @@ def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSumma
         )
         steps.run("A/B analysis", lambda: flow.analyze(config, paths, traffic, summary))
         steps.run("drift check", lambda: flow.drift(paths, champion, summary))
-    from attune.demo.report import print_summary, write_html
+        if config.loop_iterations:
+            steps.run(
+                f"learning loop ({config.loop_iterations} iterations)",
+                lambda: flow.learning_loop(
+                    config, paths, port=port, champion=champion, summary=summary
+                ),
+            )
+    from attune.demo.report import print_summary, write_html, write_summary_json
 
     print_summary(summary, console)
     report = write_html(summary, workdir / "report.html")
+    write_summary_json(summary, workdir / "demo" / "summary.json")
     console.print(f"\nHTML report: [bold]{report}[/]")
     return summary
 

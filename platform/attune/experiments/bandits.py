@@ -466,27 +466,3 @@ def policy_from_state(state: PolicyState | dict[str, Any]) -> Policy:
     """Rebuild a policy from :meth:`Policy.state` (or its JSON form, validated here)."""
     parsed = state if isinstance(state, PolicyState) else PolicyState.model_validate(state)
     return _BUILDERS[parsed.config.kind](parsed.config, parsed.posterior)
-
-
-class PolicyRanker:
-    """A score-following policy behind the serving ingress's ``order(scores)`` interface.
-
-    ``order`` returns every candidate index in served order and, per rank, the
-    propensity of the candidate at that rank (what the decision log stores). The whole
-    list is sampled as one slate, so each rank's propensity is exact. ``seed`` makes a
-    replica's draws reproducible; leave it None in production.
-    """
-
-    def __init__(self, policy: Policy, *, seed: int | None = None) -> None:
-        if not isinstance(policy, _SequentialPolicy):
-            raise ArgumentError(
-                argument="policy", value=policy.kind, problem="ranks from scores only"
-            )
-        self.policy = policy
-        self.rng = np.random.default_rng(seed)
-
-    def order(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values = np.asarray(scores, dtype=np.float64)
-        context = DecisionContext(scores=values)
-        decision = self.policy.choose(context, self.rng, slate_size=len(values))
-        return np.asarray(decision.order), np.asarray(decision.position_propensities)

@@ -23,8 +23,9 @@ def register(subparsers: Any) -> None:
     analyze = commands.add_parser(
         "analyze", help="Lift, SRM, CUPED and an always-valid test; writes JSON + PNG."
     )
-    analyze.add_argument("--decisions", required=True, help="Decision-log parquet root (or s3://).")
-    analyze.add_argument("--outcomes", required=True, help="Outcomes parquet (or s3://).")
+    from attune.layout import add_store_argument
+
+    add_store_argument(analyze, "decisions", "outcomes")
     analyze.add_argument("--out", required=True, help="Output directory (or s3://).")
     analyze.add_argument("--metric", default="reward", help="Outcome column (default: reward).")
     analyze.add_argument("--covariate", default=None, help="Pre-period covariate for CUPED.")
@@ -72,11 +73,14 @@ def _analyze(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from attune.experiments.report import AnalyzeConfig, run_analysis
+    from attune.layout import require, resolve
 
+    decisions = require(resolve(args, "decisions"), "decision log")
+    outcomes = require(resolve(args, "outcomes"), "outcomes")
     try:
         config = AnalyzeConfig(
-            decisions=args.decisions,
-            outcomes=args.outcomes,
+            decisions=decisions,
+            outcomes=outcomes,
             out=args.out,
             metric=args.metric,
             covariate=args.covariate,
@@ -87,9 +91,7 @@ def _analyze(args: argparse.Namespace) -> int:
             partitions=args.partitions,
         )
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"]) or "arguments"
-        raise ConfigError(field=field, value=error.get("input"), problem=error["msg"]) from exc
+        raise ConfigError.from_validation(exc) from exc
     _ensure_ray()
     report = run_analysis(config)
     print(json.dumps(_summary(report), indent=2))
@@ -115,7 +117,9 @@ def _ensure_ray() -> None:
     from attune.settings import get_settings
 
     if not ray.is_initialized():
-        ray.init(address=get_settings().ray_address, log_to_driver=False)
+        from attune.runtime import init_ray
+
+        init_ray(get_settings().ray_address)
 
 
 def _aa_check(args: argparse.Namespace) -> int:

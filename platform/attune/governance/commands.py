@@ -1,9 +1,10 @@
 """CLI sub-commands of this stage (registered by :mod:`attune.cli`).
 
-``attune monitor drift --registry URI --version REF --decisions URI [--out URI]
-[--since DATE] [--until DATE] [--warn X] [--alert Y] [--fail-on-alert]``: PSI per
-feature between a version's training reference and its served traffic; writes
-drift.json, drift.png and drift.prom and prints a one-line summary.
+``attune monitor drift [--store URI] [--registry URI] [--decisions URI] [--version REF]
+[--out URI] [--since DATE] [--until DATE] [--warn X] [--alert Y] [--fail-on-alert]``:
+PSI per feature between a version's training reference and its served traffic; writes
+drift.json, drift.png and drift.prom and prints a one-line summary. The registry and
+the decision log default to their places under the store (:mod:`attune.layout`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from typing import Any
 
 from attune.governance.drift import ALERT, WARN
 
-#: Exit status of ``--fail-on-alert`` when a feature is above the alert threshold.
+#: Exit status of ``--fail-on-alert`` when a feature is above the alert threshold
+#: (``attune.cli.ExitCode.CHECK_FAILED``).
 EXIT_DRIFT_ALERT = 3
 
 
 def add_drift_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of a drift check (shared by the CLI and ``jobs/drift.py``)."""
-    parser.add_argument("--registry", required=True, help="Registry root (dir or s3://).")
+    from attune.layout import add_store_argument
+
+    add_store_argument(parser, "registry", "decisions")
     parser.add_argument(
-        "--version", required=True, help="Version id or alias (champion/canary/shadow)."
+        "--version", default="champion", help="Version id or alias (default: champion)."
     )
-    parser.add_argument("--decisions", required=True, help="Decision-log root (dir or s3://).")
     parser.add_argument("--out", default=None, help="Report directory (default under the store).")
     parser.add_argument("--since", default=None, help="First decision date, YYYY-MM-DD.")
     parser.add_argument("--until", default=None, help="Last decision date, YYYY-MM-DD.")
@@ -44,11 +47,12 @@ def add_drift_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     """A validated DriftMonitorConfig from parsed arguments (ConfigError names the field)."""
     from attune.governance.monitor import drift_config
+    from attune.layout import require, resolve
 
     return drift_config(
-        registry=args.registry,
+        registry=require(resolve(args, "registry"), "registry"),
         version=args.version,
-        decisions=args.decisions,
+        decisions=require(resolve(args, "decisions"), "decision log"),
         out=args.out,
         since=args.since,
         until=args.until,
@@ -58,7 +62,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def _drift(args: argparse.Namespace) -> int:
+def drift(args: argparse.Namespace) -> int:
+    """Run a drift check; ``EXIT_DRIFT_ALERT`` with ``--fail-on-alert`` and an alert."""
     from attune.governance.monitor import run_drift_monitor, summary_line
 
     report = run_drift_monitor(config_from_args(args))
@@ -72,8 +77,8 @@ def register(subparsers: Any) -> None:
     """Add ``attune monitor drift``."""
     monitor = subparsers.add_parser("monitor", help="Monitor served models (drift).")
     actions = monitor.add_subparsers(dest="monitor_command", required=True, metavar="ACTION")
-    drift = actions.add_parser(
+    check = actions.add_parser(
         "drift", help="PSI per feature: training reference vs served traffic."
     )
-    add_drift_arguments(drift)
-    drift.set_defaults(handler=_drift)
+    add_drift_arguments(check)
+    check.set_defaults(handler=drift)

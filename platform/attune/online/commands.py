@@ -23,8 +23,10 @@ def register(subparsers: Any) -> None:
         "(Redis: --redis-url, else ATTUNE_REDIS_URL, else a local redis-server with its "
         "data under OUT/redis), then switch the online store to the new snapshot.",
     )
-    m.add_argument("--histories", required=True, help="history root (local dir or s3://)")
-    m.add_argument("--out", required=True, help="store root (local dir or s3://)")
+    from attune.layout import add_store_argument
+
+    add_store_argument(m, "histories")
+    m.add_argument("--out", default=None, help="store root, dir or s3:// (default: --store)")
     m.add_argument("--as-of", help="ISO time with a zone, e.g. 2025-06-01T00:00:00Z (now)")
     m.add_argument("--horizon-days", type=int, help="days of events kept verbatim (180)")
     m.add_argument("--redis-url", help="online store, redis://host:port/db (ATTUNE_REDIS_URL)")
@@ -37,7 +39,10 @@ def register(subparsers: Any) -> None:
 
 def _materialize(args: argparse.Namespace) -> int:
     from attune.data.materialize import MaterializeConfig, materialize
+    from attune.layout import require, resolve, store_layout
 
+    args.histories = require(resolve(args, "histories"), "servicing history")
+    args.out = args.out or store_layout(args.store).online
     config = validated(
         MaterializeConfig,
         {

@@ -1,7 +1,8 @@
 """``attune registry list|show|alias``: look at versions and move aliases.
 
-``--registry`` defaults to ``<ATTUNE_STORE>/registry``. ``list`` prints a table (or
-JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
+``--registry`` defaults to ``<store>/registry`` (``--store``, else ``ATTUNE_STORE``); a
+registry that does not exist is an error (exit status 5), not an empty table. ``list``
+prints a table (or JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
 ``metrics.json``, the aliases that point at it and its alias history, as JSON;
 ``alias`` moves an alias through the fairness gate (see :mod:`attune.registry.gates`;
 ``--gate-config`` sets its bounds) and prints the recorded move.
@@ -10,7 +11,6 @@ JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -37,9 +37,9 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
 
     def _common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--registry", default=None, help="Registry URI (default: <ATTUNE_STORE>/registry)."
-        )
+        from attune.layout import add_store_argument
+
+        add_store_argument(sub, "registry")
 
     listing = commands.add_parser("list", help="Complete versions, oldest first, with aliases.")
     _common(listing)
@@ -53,7 +53,9 @@ def register(subparsers: Any) -> None:
 
     alias = commands.add_parser("alias", help="Point an alias at a version (gated).")
     alias.add_argument("alias", metavar="ALIAS", help="champion, canary or shadow.")
-    alias.add_argument("ref", metavar="VERSION", help="Version id, or an alias to copy.")
+    alias.add_argument(
+        "ref", metavar="VERSION", help="Version id, an alias to copy, or latest (the newest)."
+    )
     _common(alias)
     alias.add_argument("--by", default=None, help="Who moves it (default: the current user).")
     alias.add_argument(
@@ -70,17 +72,17 @@ def register(subparsers: Any) -> None:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from attune import storage
+    from attune.layout import require, resolve
     from attune.registry.store import Registry
-    from attune.settings import get_settings
 
-    uri = args.registry or storage.join(get_settings().store, "registry")
+    uri = resolve(args, "registry")
     try:
         parsed = RegistryArgs(registry=uri)
     except ValidationError as exc:
         raise ConfigError(
             field="--registry", value=uri, problem=str(exc.errors()[0]["msg"])
         ) from exc
+    require(parsed.registry, "registry")
     return Registry(parsed.registry)
 
 
@@ -161,6 +163,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _alias(args: argparse.Namespace) -> int:
+    from attune.settings import current_user
+
     registry = _registry(args)
     gate: dict[str, Any] = {}
     if args.gate_config:
@@ -180,20 +184,21 @@ def _alias(args: argparse.Namespace) -> int:
                 field="--gate-config", value=args.gate_config, problem="must hold a mapping"
             )
         gate["gate"] = fairness_gate(bounds)
+    ref = args.ref
+    if ref == "latest":
+        versions = registry.versions()
+        if not versions:
+            from attune.errors import VersionNotFound
+
+            raise VersionNotFound(registry=registry.uri, version="latest")
+        ref = versions[-1].version
     move = registry.set_alias(
         args.alias,
-        args.ref,
-        by=args.by or _current_user(),
+        ref,
+        by=args.by or current_user(),
         justification=args.justification,
         override=args.override,
         **gate,
     )
     print(move.model_dump_json(indent=2))
     return 0
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry / no login name in a container
-        return "unknown"

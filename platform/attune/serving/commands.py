@@ -22,10 +22,12 @@ def _config_error(exc: ValidationError) -> ConfigError:
     return ConfigError.from_validation(exc)
 
 
-def _registry_uri(explicit: str | None) -> str:
+def _registry_uri(args: argparse.Namespace) -> str:
+    """``--registry``, else ``<--store or ATTUNE_STORE>/registry``; it must exist."""
+    from attune.layout import require, resolve
     from attune.serving.config import AppArgs
 
-    return AppArgs(registry=explicit).registry_uri()
+    return require(AppArgs(registry=resolve(args, "registry")).registry_uri(), "registry")
 
 
 def _print(obj: Any) -> None:
@@ -35,6 +37,7 @@ def _print(obj: Any) -> None:
 
 def _rollout(args: argparse.Namespace) -> int:
     from attune.serving.rollout import RolloutRequest, deployed_config, rollout_of, run_step
+    from attune.settings import current_user
 
     if args.step == "status":
         _print(rollout_of(deployed_config(), args.app).model_dump(mode="json"))
@@ -46,39 +49,55 @@ def _rollout(args: argparse.Namespace) -> int:
             version=getattr(args, "version", None),
             percent=getattr(args, "percent", None),
             champion=getattr(args, "champion", False),
-            by=args.by,
+            by=args.by or current_user(),
             justification=args.justification,
             override=args.override,
         )
     except ValidationError as exc:
         raise _config_error(exc) from exc
-    if request.step == "canary" and getattr(args, "ope_decisions", None):
+    registry_uri = _registry_uri(args)  # checked before Ray starts
+    if request.step == "canary" and not args.no_ope:
         _ope_gate(args, request)
-    rollout = run_step(request, registry_uri=_registry_uri(args.registry))
+    rollout = run_step(request, registry_uri=registry_uri)
     _print(rollout.model_dump(mode="json"))
     return 0
 
 
 def _ope_gate(args: argparse.Namespace, request: Any) -> None:
-    """Refuse the canary when the logs already show it is worse (``--ope-*`` given)."""
+    """Refuse the canary when the served logs already show it is worse.
+
+    Reads the served decisions (``--ope-decisions``, default ``<store>/decisions``) and
+    the reward rows of ``attune outcomes`` (``--ope-outcomes``, default
+    ``<store>/rewards``). Defaulted logs that do not exist yet skip the gate, saying so;
+    paths given explicitly must exist.
+    """
+    from attune import storage
+    from attune.layout import store_layout
     from attune.registry import Registry
     from attune.serving.ope_check import ope_check
     from attune.serving.rollout import deployed_config, rollout_of
 
-    if not args.ope_outcomes:
-        raise ConfigError(field="ope_outcomes", value=None, problem="needed with --ope-decisions")
+    layout = store_layout(getattr(args, "store", None))
+    decisions = args.ope_decisions or layout.decisions
+    outcomes = args.ope_outcomes or layout.rewards
+    if not (args.ope_decisions and args.ope_outcomes):
+        absent = [uri for uri in (decisions, outcomes) if not storage.list_uris(uri)]
+        if absent:
+            _print({"ope_gate": f"skipped: nothing logged yet at {', '.join(absent)}"})
+            return
     champion = rollout_of(deployed_config(), args.app).champion
     check = ope_check(
-        registry=Registry(_registry_uri(args.registry)),
+        registry=Registry(_registry_uri(args)),
         candidate=request.version,
         champion=champion,
-        decisions_uri=args.ope_decisions,
-        outcomes_uri=args.ope_outcomes,
+        decisions_uri=decisions,
+        outcomes_uri=outcomes,
+        estimator=args.ope_estimator,
     )
     if check.decision is None:
-        _print({"ope_gate": "skipped: no logged decision with propensities"})
+        _print({"ope_gate": "skipped: no usable exploring decision", **check.to_dict()})
         return
-    _print({"ope_gate": check.decision.to_dict(), "decisions_used": check.decisions_used})
+    _print({"ope_gate": check.to_dict()})
     if not request.override:
         check.decision.enforce(version=request.version)
 
@@ -148,8 +167,10 @@ def register(subparsers: Any) -> None:
     steps = rollout.add_subparsers(dest="step", required=True, metavar="STEP")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--app", default="attune", help="Serve application name.")
-    common.add_argument("--registry", default=None, help="Registry URI (default: store/registry).")
-    common.add_argument("--by", default="attune-rollout", help="Who runs the step (alias log).")
+    from attune.layout import add_store_argument
+
+    add_store_argument(common, "registry")
+    common.add_argument("--by", default=None, help="Who runs the step (default: current user).")
     common.add_argument("--justification", default=None, help="Why (required with --override).")
     common.add_argument("--override", action="store_true", help="Move even if a gate refuses.")
     shadow = steps.add_parser("shadow", parents=[common], help="Mirror requests to a version.")
@@ -159,9 +180,22 @@ def register(subparsers: Any) -> None:
     canary.add_argument("version", help="Version id or alias.")
     canary.add_argument("--percent", type=float, required=True, help="Share of borrowers.")
     canary.add_argument(
-        "--ope-decisions", default=None, help="Decision log to run the off-policy gate on."
+        "--ope-decisions",
+        default=None,
+        help="Served decisions for the off-policy gate (default: <store>/decisions).",
     )
-    canary.add_argument("--ope-outcomes", default=None, help="Outcomes for the off-policy gate.")
+    canary.add_argument(
+        "--ope-outcomes",
+        default=None,
+        help="Reward rows of `attune outcomes` for the gate (default: <store>/rewards).",
+    )
+    canary.add_argument(
+        "--ope-estimator",
+        default="snips",
+        choices=("ips", "snips"),
+        help="Off-policy estimator of the gate (default: snips).",
+    )
+    canary.add_argument("--no-ope", action="store_true", help="Skip the off-policy gate.")
     steps.add_parser("promote", parents=[common], help="Make the canary the champion.")
     back = steps.add_parser("rollback", parents=[common], help="Close the canary arm.")
     back.add_argument(

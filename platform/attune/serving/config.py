@@ -3,7 +3,8 @@
 * :class:`AppArgs` are the ``args`` of ``attune.serving.app:build_app`` in a Serve
   config. They are part of Serve's code version, so changing one restarts replicas.
 * :class:`RolloutConfig` is the ingress deployment's ``user_config``: model versions or
-  aliases, canary and shadow shares, the assignment salt and the guardrail bounds.
+  aliases, canary and shadow shares, the assignment salt, exploration and the guardrail
+  bounds.
   Changing it calls ``reconfigure`` on the running replicas: no restart, no dropped
   request. ``attune rollout`` edits exactly this.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
+from attune.experiments.exploration import ExplorationConfig
 from attune.online.config import OnlineConfig
 from attune.serving.auth import AuthConfig
 from attune.serving.guardrails import GuardrailBounds
@@ -43,6 +45,11 @@ class RolloutConfig(BaseModel):
     )
     guardrails: GuardrailBounds = Field(
         default_factory=GuardrailBounds, description="Bounds that roll a canary back."
+    )
+    exploration: ExplorationConfig = Field(
+        default_factory=ExplorationConfig,
+        description="Share of borrowers whose decisions explore, and the policy that draws "
+        "their slates (logged with per-position propensities).",
     )
 
     @model_validator(mode="after")

@@ -59,6 +59,7 @@ DECISION_SCHEMA = pa.schema(
         pa.field("returned_order", pa.list_(pa.string()), nullable=False),
         pa.field("propensities", pa.list_(pa.float64()), nullable=True),
         pa.field("latency_ms", pa.float64(), nullable=False),
+        pa.field("logging_policy", pa.string(), nullable=True),
     ]
 )
 
@@ -66,6 +67,11 @@ DECISION_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class DecisionRecord:
     """One logged decision. ``features[i]`` and ``scores[i]`` belong to ``candidates[i]``.
+
+    An exploring decision carries ``propensities[k]``, the probability that
+    ``returned_order[k]`` was drawn at position ``k`` for every shown position, and
+    ``logging_policy``, the exploring policy's name and parameters (JSON); a greedy
+    decision carries neither.
 
     ``features`` (``float32[n, n_features]``) and ``scores`` (``float64[n]``) are kept as
     the arrays the request produced; they become Arrow lists only when a batch is written
@@ -87,6 +93,7 @@ class DecisionRecord:
     returned_order: tuple[str, ...]
     propensities: tuple[float, ...] | None
     latency_ms: float
+    logging_policy: str | None = None
 
     @property
     def date(self) -> str:

@@ -1,15 +1,20 @@
-"""The off-policy gate of ``attune rollout canary --ope-decisions … --ope-outcomes …``.
+"""The off-policy gate of ``attune rollout canary``, on the served decision log.
 
 Before a candidate takes canary traffic, both it and the champion re-score the
-candidates of recent *exploring* decisions (those logged with propensities, e.g. by a
-bandit policy), each as a greedy top-``slate`` ranker, and their values are estimated
-off-policy (SNIPS by default) by :func:`attune.experiments.gate.ope_gate_from_log`.
-The candidate is refused (:class:`attune.errors.GateRefused`) when the upper bound of
-its estimate is below the champion's estimate: the logs already show it is worse.
+candidates of the served *exploring* decisions (those logged with propensities: the
+app's ``exploration`` knob), each as a greedy top-``slate`` ranker, and their values are
+estimated off-policy (SNIPS by default) by
+:func:`attune.experiments.gate.ope_gate_from_log`. The candidate is refused
+(:class:`attune.errors.GateRefused`) when the upper bound of its estimate is below the
+champion's estimate: the logs already show it is worse.
 
-Outcomes are a parquet table ``decision_id, option_id, reward`` (a shown option with
-no row earned 0). With no exploring decision in the log, the gate cannot judge and
-says so (the rollout goes on; the online canary and its guardrails decide).
+Outcomes are either the reward rows of ``attune outcomes`` (one row per decision and
+shown position, written only once a decision's attribution window has closed: only
+decisions with reward rows are used, so an open window is never scored as zero) or a
+plain table ``decision_id, option_id, reward`` (a shown option with no row earned 0).
+Decisions logged under another feature spec than the candidate's cannot be re-scored
+and are skipped and counted. With no usable decision, the gate cannot judge and says
+so (the rollout goes on; the online canary and its guardrails decide).
 """
 
 from __future__ import annotations
@@ -33,7 +38,16 @@ from attune.serving.model import OnnxScorer
 if TYPE_CHECKING:
     from attune.registry import Registry
 
-_DECISION_COLUMNS = ["decision_id", "role", "candidates", "features", "returned_order"]
+_DECISION_COLUMNS = [
+    "decision_id",
+    "role",
+    "candidates",
+    "features",
+    "returned_order",
+    "feature_spec_hash",
+]
+#: A column only the reward rows of ``attune outcomes`` have.
+_REWARD_ROW_COLUMN = "position"
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,20 @@ class OpeCheck:
     decision: GateDecision | None
     decisions_used: int
     skipped_without_propensities: int
+    estimator: str = "snips"
+    skipped_open_window: int = 0
+    skipped_other_spec: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """What ``attune rollout canary`` prints: verdict, estimator and decision counts."""
+        return {
+            "estimator": self.estimator,
+            "decisions_used": self.decisions_used,
+            "skipped_without_propensities": self.skipped_without_propensities,
+            "skipped_open_window": self.skipped_open_window,
+            "skipped_other_spec": self.skipped_other_spec,
+            "verdict": None if self.decision is None else self.decision.to_dict(),
+        }
 
 
 def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -77,14 +105,34 @@ def ope_check(
     and :class:`attune.experiments.validation.ArgumentError` for malformed logs.
     """
     decisions = _read(decisions_uri, [*_DECISION_COLUMNS, "propensities"])
-    outcomes = _read(outcomes_uri, ["decision_id", "option_id", "reward"])
-    exploded = explode_decisions(decisions, outcomes, slate_size=SLATE_SIZE)
-    if exploded.decisions_used == 0:
-        return OpeCheck(None, 0, exploded.skipped_without_propensities)
+    outcomes = _read(outcomes_uri)
+    decisions = decisions[decisions["role"] == "primary"]
+    skipped_open = 0
+    if _REWARD_ROW_COLUMN in outcomes.columns:  # reward rows: only closed windows are in
+        closed = decisions["decision_id"].isin(set(outcomes["decision_id"]))
+        explored = decisions["propensities"].map(lambda p: p is not None and len(p) > 0)
+        skipped_open = int((explored & ~closed).sum())
+        decisions = decisions[closed | ~explored]
     scorers = {
         name: OnnxScorer.load(registry, registry.resolve(ref))
         for name, ref in (("candidate", candidate), ("champion", champion))
     }
+    spec = scorers["candidate"].spec.hash
+    same_spec = decisions["feature_spec_hash"] == spec
+    skipped_spec = int((~same_spec).sum())
+    decisions = decisions[same_spec]
+    exploded = explode_decisions(
+        decisions, outcomes[["decision_id", "option_id", "reward"]], slate_size=SLATE_SIZE
+    )
+    if exploded.decisions_used == 0:
+        return OpeCheck(
+            None,
+            0,
+            exploded.skipped_without_propensities,
+            estimator=estimator,
+            skipped_open_window=skipped_open,
+            skipped_other_spec=skipped_spec,
+        )
     used = decisions[decisions["decision_id"].isin(set(exploded.rows["decision_id"]))]
     targets: dict[str, dict[str, np.ndarray]] = {name: {} for name in scorers}
     for row in used.itertuples(index=False):
@@ -98,4 +146,11 @@ def ope_check(
         estimator=estimator,
         seed=seed,
     )
-    return OpeCheck(decision, exploded.decisions_used, exploded.skipped_without_propensities)
+    return OpeCheck(
+        decision,
+        exploded.decisions_used,
+        exploded.skipped_without_propensities,
+        estimator=estimator,
+        skipped_open_window=skipped_open,
+        skipped_other_spec=skipped_spec,
+    )

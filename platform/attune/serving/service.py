@@ -1,14 +1,15 @@
 """The ranking service: champion, sticky canary, mirrored shadow, guardrails, decision log.
 
 Plain Python with injected collaborators (model store, decision log, metrics, online
-features, explainer, policy, rollback hook), so unit tests drive it without Ray and the
+features, explainer, rollback hook), so unit tests drive it without Ray and the
 Serve ingress (:mod:`attune.serving.ingress`) is a thin HTTP shell around it.
 
 Request path (:meth:`RankingService.rank`, all inside the ingress replica): pick the
 borrower's sticky arm, build the candidate rows in the model's feature-spec order,
-check them, score with ONNX Runtime, order, log, answer. A canary that fails or answers
-non-finite scores is counted against its guardrail and the champion answers instead,
-so a broken canary never turns into an error for the client.
+check them, score with ONNX Runtime, order (greedy, or a slate drawn by the exploration
+policy with its propensities when the borrower explores), log, answer. A canary that
+fails or answers non-finite scores is counted against its guardrail and the champion
+answers instead, so a broken canary never turns into an error for the client.
 
 After the answer (:meth:`RankingService.run_background`, driven by the ingress's
 background task, never awaited by a request): the shadow model scores mirrored requests
@@ -35,6 +36,8 @@ from typing import Protocol
 import numpy as np
 
 from attune.errors import AttuneError, FeatureSpecMismatch, InvalidInput, Unavailable
+from attune.experiments.exploration import Explorer
+from attune.experiments.policy_config import LinearThompsonConfig
 from attune.online.redis_store import OnlineLookup
 from attune.serving.api import (
     ArmStatus,
@@ -74,17 +77,9 @@ class Explainer(Protocol):
     ) -> list[list[Reason]] | None: ...
 
 
-class RankingPolicy(Protocol):
-    """Turns scores into an order; exploring policies also return propensities."""
-
-    def order(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-
-class GreedyPolicy:
-    """Highest score first (stable for ties); no exploration, so no propensities."""
-
-    def order(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return np.argsort(-scores, kind="stable"), None
+def greedy(scores: np.ndarray) -> np.ndarray:
+    """Highest score first (stable for ties)."""
+    return np.argsort(-scores, kind="stable")
 
 
 #: Called with (canary version, reasons, rollout config it breached under).
@@ -105,6 +100,7 @@ class _State:
     shadow: OnnxScorer | None
     split: TrafficSplit
     guardrail: Guardrail | None
+    explorer: Explorer | None
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,7 @@ class RankingService:
         metrics: ServingMetrics | None = None,
         online: OnlineFeatures | None = None,
         explainer: Explainer | None = None,
-        policy: RankingPolicy | None = None,
+        exploration_seed: int | None = None,
         on_rollback: RollbackHook | None = None,
         queue_size: int = 1024,
         clock: Callable[[], float] = time.monotonic,
@@ -153,7 +149,7 @@ class RankingService:
         self._metrics: ServingMetrics = metrics or NullMetrics()
         self._online = online
         self._explainer = explainer
-        self._policy: RankingPolicy = policy or GreedyPolicy()
+        self._exploration_seed = exploration_seed
         self._on_rollback = on_rollback
         self._clock = clock
         self._queue: deque[_Job] = deque()
@@ -212,7 +208,35 @@ class RankingService:
         in_use = {champion.version} | {s.version for s in (canary, shadow) if s is not None}
         self._scorers = {v: s for v, s in self._scorers.items() if v in in_use}
         guardrail = Guardrail(rollout.guardrails, clock=self._clock) if canary else None
-        return _State(rollout, champion, canary, shadow, split, guardrail)
+        return _State(
+            config=rollout,
+            champion=champion,
+            canary=canary,
+            shadow=shadow,
+            split=split,
+            guardrail=guardrail,
+            explorer=self._explorer(rollout, champion),
+        )
+
+    def _explorer(self, rollout: RolloutConfig, champion: OnnxScorer) -> Explorer | None:
+        config = rollout.exploration
+        if not config.active:
+            return None
+        policy = config.state.config if config.state is not None else None
+        dim = policy.dim if isinstance(policy, LinearThompsonConfig) else None
+        if dim is not None and dim != champion.spec.n_features:
+            message = (
+                f"exploration {config.policy!r}: state.config.dim is {dim}, the champion's "
+                f"rows have {champion.spec.n_features} features"
+            )
+            log.error("refused %s", message)
+            self._events.refused.append(message)
+            return None
+        previous: _State | None = getattr(self, "_state", None)
+        kept = previous.explorer if previous is not None else None
+        if kept is not None and kept.config == config and kept.salt == rollout.salt:
+            return kept  # keep its random stream
+        return Explorer(config, salt=rollout.salt, seed=self._exploration_seed)
 
     # ------------------------------------------------------------------ request path
 
@@ -235,19 +259,28 @@ class RankingService:
                 raise Unavailable(
                     f"champion {scorer.version} failed to score", version=scorer.version
                 )
-        order, propensities = self._policy.order(scores)
-        decision_id = uuid.uuid4().hex
         options = request.option_ids
+        touchpoint = request.context.touchpoint
+        propensities: np.ndarray | None = None
+        logging_policy: str | None = None
+        explorer = state.explorer
+        if explorer is not None and explorer.explores(request.borrower_id):
+            slate = explorer.slate(scores, features=X, option_ids=options, touchpoint=touchpoint)
+            order, propensities, logging_policy = slate.order, slate.propensities, slate.policy
+        else:
+            order = greedy(scores)
+        decision_id = uuid.uuid4().hex
         reasons = self._reasons(request, scorer, X)
         # Plain dicts, validated once into the response below: pydantic-core validates a
         # whole response faster than model_construct builds its eight options.
         score_list = scores.tolist()
+        shown = 0 if propensities is None else len(propensities)
         ranked = [
             {
                 "option_id": options[i],
                 "score": score_list[i],
                 "rank": r + 1,
-                "propensity": None if propensities is None else float(propensities[r]),
+                "propensity": float(propensities[r]) if r < shown else None,  # type: ignore[index]
                 "reasons": None if reasons is None else reasons[i],
             }
             for r, i in enumerate(order.tolist())
@@ -261,20 +294,30 @@ class RankingService:
             borrower_hash=borrower_hash,
             arm=arm,
             scorer=scorer,
-            touchpoint=request.context.touchpoint,
+            touchpoint=touchpoint,
             source=source,
             option_ids=options,
             X=X,
             scores=scores,
             order=order,
             propensities=propensities,
+            logging_policy=logging_policy,
             latency_ms=latency_ms,
         )
         self._metrics.ranked(
             arm=arm, version=scorer.version, latency_ms=latency_ms, top_score=float(scores.max())
         )
-        job = _Job("paired", decision_id, borrower_hash, request.context.touchpoint, source,
-                   options, X, scores, state)  # fmt: skip
+        job = _Job(
+            kind="paired",
+            decision_id=decision_id,
+            borrower_hash=borrower_hash,
+            touchpoint=touchpoint,
+            source=source,
+            option_ids=options,
+            X=X,
+            primary_scores=scores,
+            state=state,
+        )
         if arm == "canary":
             self._enqueue(job)
         if state.shadow is not None and state.split.mirror(decision_id):
@@ -380,6 +423,7 @@ class RankingService:
         order: np.ndarray,
         propensities: np.ndarray | None,
         latency_ms: float,
+        logging_policy: str | None = None,
     ) -> None:
         if self._log is None:
             return
@@ -400,6 +444,7 @@ class RankingService:
                 returned_order=tuple(option_ids[i] for i in order),
                 propensities=None if propensities is None else tuple(propensities.tolist()),
                 latency_ms=latency_ms,
+                logging_policy=logging_policy,
             )
         )
 
@@ -469,7 +514,6 @@ class RankingService:
         for job, scores in zip(jobs, batch, strict=True):
             if scores is None:
                 continue
-            order, propensities = self._policy.order(scores)
             self._record(
                 decision_id=job.decision_id,
                 role="shadow",
@@ -481,8 +525,8 @@ class RankingService:
                 option_ids=job.option_ids,
                 X=job.X,
                 scores=scores,
-                order=order,
-                propensities=propensities,
+                order=greedy(scores),
+                propensities=None,
                 latency_ms=latency_ms,
             )
 

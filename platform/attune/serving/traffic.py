@@ -1,8 +1,10 @@
 """Traffic assignment: sticky canary arms by salted hash, sampled shadow mirroring.
 
 A borrower's arm is a pure function of ``(salt, borrower_id, canary_share)``: the
-borrower id is hashed with the rollout salt (keyed BLAKE2b) into a point ``u`` of
-``[0, 1)`` and the borrower is on the canary when ``u < canary_share``. So a borrower
+borrower id is hashed with the rollout salt into a point ``u`` of ``[0, 1)`` by
+:func:`attune.experiments.assignment.bucket` (the one assignment hash of the project:
+experiments, holdouts, exploration and batch campaigns use it too) and the borrower is
+on the canary when ``u < canary_share``. So a borrower
 keeps one arm for the whole life of a rollout (same salt), raising the share only adds
 borrowers to the canary (never moves one back), and every replica agrees without
 sharing state. A new rollout changes the salt to draw a fresh canary population.
@@ -22,17 +24,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from attune.errors import ConfigError
+from attune.experiments.assignment import bucket
 
 Arm = Literal["champion", "canary"]
 ARMS: tuple[Arm, ...] = ("champion", "canary")
-
-_SCALE = float(2**64)
-
-
-def unit_hash(key: str | int, *, salt: str) -> float:
-    """A uniform point of ``[0, 1)`` for ``key``, deterministic given ``salt``."""
-    digest = hashlib.blake2b(str(key).encode(), key=salt.encode()[:64], digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _SCALE
 
 
 def hash_borrower(borrower_id: str | int, *, salt: str) -> str:
@@ -67,7 +62,7 @@ class TrafficSplit:
         """The sticky arm of ``borrower_id`` under this split."""
         if self.canary_share <= 0.0:
             return "champion"
-        if unit_hash(borrower_id, salt=self.salt) < self.canary_share:
+        if bucket(borrower_id, self.salt) < self.canary_share:
             return "canary"
         return "champion"
 
@@ -77,4 +72,4 @@ class TrafficSplit:
             return False
         if self.shadow_share >= 1.0:
             return True
-        return unit_hash(request_key, salt=f"shadow/{self.salt}") < self.shadow_share
+        return bucket(request_key, f"shadow/{self.salt}") < self.shadow_share

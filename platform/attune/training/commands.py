@@ -1,7 +1,9 @@
 """``attune tune``: sweep XGBoost rankers with Ray Tune, evaluate, export and register.
 
 Arguments map one to one onto :class:`~attune.training.config.TuneConfig` fields and
-are validated there (a bad value exits with status 2 and names the field). Ray,
+are validated there (a bad value exits with status 4 and names the field; see
+:mod:`attune.cli`). ``--features`` and ``--registry`` default to their places under
+the store (:mod:`attune.layout`); the dataset must exist before Ray starts. Ray,
 XGBoost and the rest load only when the command runs. ``jobs/tune.py`` uses the same
 parser, so ``ray job submit -- python jobs/tune.py ...`` takes the same arguments.
 """
@@ -14,8 +16,9 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``attune tune`` (shared with ``jobs/tune.py``)."""
-    parser.add_argument("--features", required=True, help="Ranking dataset root (dir or s3://).")
-    parser.add_argument("--registry", required=True, help="Model registry root (dir or s3://).")
+    from attune.layout import add_store_argument
+
+    add_store_argument(parser, "features", "registry")
     parser.add_argument("--trials", type=int, default=8, help="Trials to sample (default 8).")
     parser.add_argument("--max-concurrent", type=int, help="Trials running at once.")
     parser.add_argument("--gpu", action="store_true", help="One GPU per trial, device=cuda.")
@@ -24,7 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs (XGBoost threads) per trial.")
     parser.add_argument("--max-rounds", type=int, help="Boosting-round budget per trial.")
-    parser.add_argument("--early-stopping-rounds", type=int, help="Patience on validation NDCG.")
+    parser.add_argument(
+        "--early-stopping-rounds", type=int, help="Patience on the selection metric."
+    )
+    parser.add_argument(
+        "--select-by",
+        choices=("policy_value", "ndcg"),
+        help="Selection metric: estimated policy value on validation (default) or NDCG@3.",
+    )
+    parser.add_argument(
+        "--weighting",
+        choices=("none", "propensity"),
+        help="Training slate weights from the logging propensities (default none).",
+    )
     parser.add_argument("--scheduler", choices=("asha", "fifo"), help="Trial scheduler.")
     parser.add_argument("--grace-period", type=int, help="Rounds before ASHA may stop a trial.")
     parser.add_argument("--seed", type=int, help="Seed of the search and of XGBoost.")
@@ -38,19 +53,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """A validated :class:`TuneConfig` from parsed arguments (unset ones take defaults)."""
+    from attune.layout import resolve
     from attune.training.config import TuneConfig
 
     fields = set(TuneConfig.model_fields)
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    values["features"] = resolve(args, "features")
+    values["registry"] = resolve(args, "registry")
     if not values.get("gpu"):
         values.pop("gpu", None)
     return TuneConfig.parse(values)
 
 
+def checked_config(args: argparse.Namespace) -> Any:
+    """:func:`config_from_args`, and the ranking dataset exists (checked before Ray starts)."""
+    from attune.layout import require
+
+    config = config_from_args(args)
+    require(config.features, "ranking dataset")
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     from attune.training.pipeline import train_and_register
 
-    result = train_and_register(config_from_args(args))
+    result = train_and_register(checked_config(args))
     share = result.share_of_oracle_lift
     print(
         f"registered {result.version_id} in {result.registry}: test NDCG@3 "

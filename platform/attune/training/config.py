@@ -52,6 +52,15 @@ class TuneConfig(BaseModel):
         default=3.0, gt=1.0, le=16.0, description="ASHA keeps 1/reduction_factor per rung."
     )
     seed: int = Field(default=0, ge=0, description="Seed of the search algorithm and XGBoost.")
+    select_by: Literal["policy_value", "ndcg"] = Field(
+        default="policy_value",
+        description="Winner, best round, early stopping and ASHA by the off-policy estimate "
+        "of the served policy's value on validation, or by validation NDCG@3.",
+    )
+    weighting: Literal["none", "propensity"] = Field(
+        default="none",
+        description="Training slate weights: none, or the inverse logging propensities.",
+    )
     data_parallel_workers: int = Field(
         default=0,
         ge=0,

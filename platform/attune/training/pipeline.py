@@ -1,15 +1,17 @@
 """``train_and_register``: load → sweep → evaluate → export (parity gate) → register.
 
 The one entry point behind ``attune tune`` and ``jobs/tune.py``. The winner of the
-sweep (best validation NDCG) is loaded from its checkpoint (or retrained on the driver
-when its trial kept none, or with Ray Train when ``data_parallel_workers`` is set),
-evaluated on the test split (:mod:`attune.training.evaluate`), exported to ONNX and
-gated on the whole test split (:func:`attune.training.export.export_and_check`): a
-model that fails the gate raises :class:`~attune.errors.ParityError` and nothing is
-registered. The registered version holds the model, its spec, params, metrics (with
-policy values), parity report, lineage, plots, the governance stage's files
-(explanations, drift reference and, when the histories hold a protected table, the
-fairness report and governance record) and a model card.
+sweep (by ``TuneConfig.select_by``: the off-policy estimate of the served policy's
+value on validation by default, or validation NDCG@3) is loaded from its checkpoint
+(or retrained on the driver when its trial kept none, or with Ray Train when
+``data_parallel_workers`` is set), evaluated on the test split
+(:mod:`attune.training.evaluate`), exported to ONNX and gated on the whole test split
+(:func:`attune.training.export.export_and_check`): a model that fails the gate raises
+:class:`~attune.errors.ParityError` and nothing is registered. The registered version
+holds the model, its spec, params, metrics (with policy values), parity report,
+lineage, plots, the governance stage's files (explanations, drift reference and, when
+the histories hold a protected table, the fairness report and governance record) and a
+model card.
 """
 
 from __future__ import annotations
@@ -100,7 +102,12 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
 
     with _ray_connected(settings.ray_address):
         sweep = run_sweep(
-            dataset["train"], dataset["valid"], config=config, name=name, storage_uri=tune_storage
+            dataset["train"],
+            dataset["valid"],
+            spec=dataset.spec,
+            config=config,
+            name=name,
+            storage_uri=tune_storage,
         )
         (report_dir / "sweep.txt").write_text(print_table(sweep))
         plot_curves(sweep, report_dir / "sweep_ndcg.png")
@@ -120,7 +127,11 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
             "ndcg@3": sweep.best.best_ndcg,
             "best_round": sweep.best.best_round,
             "trial_id": sweep.best.trial_id,
+            "selected_by": sweep.selected_by,
         },
+        "policy_value_estimate": _policy_value_estimates(
+            dataset, score=score, ground_truth=ground_truth, seed=config.seed
+        ),
         "sweep": {
             "trials": len(sweep.trials),
             "scheduler": sweep.scheduler,
@@ -189,6 +200,32 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
     )
 
 
+def _policy_value_estimates(
+    dataset: RankingDataset, *, score: evaluate.Scorer, ground_truth: Any, seed: int
+) -> dict[str, Any]:
+    """Off-policy estimates (with intervals) of the served policy on validation and test.
+
+    Each split also gets its ``true`` value from the ground truth (which is reported
+    here and never used to select) and whether the interval covers it.
+    """
+    from attune.data.ground_truth import policy_values
+    from attune.training.policy_value import estimate_value, logged_slates
+
+    out: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        log = logged_slates(dataset[split], dataset.spec)
+        scores = score(log.presentations.candidates)
+        estimate = estimate_value(log, scores, seed=seed).to_dict()
+        true = policy_values(
+            ground_truth,
+            presentation_ids=log.presentations.qid,
+            model_scores=log.scores_matrix(scores),
+        )["model"]
+        low, high = float(estimate["ci_low"]), float(estimate["ci_high"])
+        out[split] = {**estimate, "true": true, "covers_true": low <= true <= high}
+    return out
+
+
 def _default_report_dir(store: str, name: str) -> str:
     base = Path.cwd() / ".attune" if storage.is_s3(store) else Path(store)
     return str(base / "runs" / name)
@@ -204,7 +241,9 @@ def _ray_connected(address: str | None) -> Iterator[None]:
         return
     # "local" rather than None: None would also join any cluster someone `ray start`ed
     # on this host, which is not what "no RAY_ADDRESS" means here.
-    ray.init(address=address or "local", log_to_driver=False)
+    from attune.runtime import init_ray
+
+    init_ray(address or "local")
     try:
         yield
     finally:

@@ -33,6 +33,10 @@ SWEEP_METRIC = "valid_ndcg"
 SWEEP_METRIC_SOURCE = "valid-ndcg@3"
 #: ``rank:map`` needs binary relevance; a row is relevant when the option was completed.
 MAP_RELEVANT_LABEL = 2
+#: The reward of a row (completed and current 14 days later); pointwise objectives learn it.
+REWARD_LABEL = 3
+#: Objectives that learn P(reward) row by row instead of an order inside each slate.
+POINTWISE_OBJECTIVES: tuple[str, ...] = ("binary:logistic",)
 
 
 class RankerParams(BaseModel):
@@ -131,6 +135,8 @@ def training_labels(labels: Any, objective: str) -> Any:
     import numpy as np
 
     arr = np.asarray(labels)
+    if objective in POINTWISE_OBJECTIVES:
+        return (arr >= REWARD_LABEL).astype(np.float32)
     if objective == "rank:map":
         return (arr >= MAP_RELEVANT_LABEL).astype(np.float32)
     return arr.astype(np.float32)

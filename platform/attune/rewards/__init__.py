@@ -1,0 +1,1 @@
+"""Rewards: servicing events attributed to the served decisions that preceded them."""
