@@ -202,6 +202,10 @@ def rank_batch(config: RankBatchConfig) -> RankBatchResult:
     fs, path = storage.pyarrow_filesystem(storage.join(snapshot.uri, "features"))
     ds = ray.data.read_parquet(
         path, filesystem=fs, columns=["borrower_id", "as_of", *BORROWER_FEATURES]
+    ).repartition(
+        # streaming: one batch per block, so that every actor of the pool has work (a
+        # snapshot file is one block, and one block goes to one actor)
+        target_num_rows_per_block=config.batch_size
     )
     actors = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     ranked = ds.map_batches(
