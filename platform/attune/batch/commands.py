@@ -21,16 +21,17 @@ def register(subparsers: Any) -> None:
         "borrower under OUT (ranked/, excluded/, summary.json). Decisions go to the "
         "decision log under the store, as served decisions do.",
     )
+    from attune.layout import add_store_argument
+
+    add_store_argument(p, "registry")
     p.add_argument(
         "--features",
-        required=True,
-        help="snapshot directory or store root (latest snapshot); with --as-of: history root",
+        help="snapshot directory, or a store root whose latest snapshot is ranked (default: "
+        "--store); with --as-of: a history root (default: <store>/histories)",
     )
-    p.add_argument("--registry", required=True, help="model registry URI")
     p.add_argument("--touchpoint", required=True, choices=("email", "sms", "app"))
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
     p.add_argument("--as-of", help="compute features as of this ISO time (with a zone)")
-    p.add_argument("--store", help="store root of the decision log (ATTUNE_STORE)")
     p.add_argument("--eligibility", help="eligibility rules, YAML (docs/batch-ranking.md)")
     p.add_argument(
         "--rollout", help="rollout as served (YAML/JSON RolloutConfig: champion, canary, ...)"
@@ -59,17 +60,22 @@ def _yaml(path: str | None, field: str) -> Any:
 def _rank_batch(args: argparse.Namespace) -> int:
     from attune.batch.eligibility import load_eligibility
     from attune.batch.job import RankBatchConfig, rank_batch
+    from attune.layout import require, resolve, store_layout
 
     eligibility = load_eligibility(args.eligibility)
+    layout = store_layout(args.store)
+    features = args.features or (layout.histories if args.as_of else layout.online)
+    registry = require(resolve(args, "registry"), "model registry")
+    require(features, "history root" if args.as_of else "feature snapshots")
     config = validated(
         RankBatchConfig,
         {
-            "features": args.features,
-            "registry": args.registry,
+            "features": features,
+            "registry": registry,
             "touchpoint": args.touchpoint,
             "out": args.out,
             "as_of": args.as_of,
-            "store": args.store,
+            "store": layout.root,
             "rollout": _yaml(args.rollout, "rollout"),
             "eligibility": eligibility,
             "batch_size": args.batch_size,

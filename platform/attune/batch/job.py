@@ -42,6 +42,8 @@ from attune.data.materialize import (
 )
 from attune.data.spec import BORROWER_FEATURES
 from attune.errors import ConfigError, FeatureSpecMismatch, StoreNotFound
+from attune.experiments.exploration import ExplorationConfig
+from attune.experiments.policy_config import LinearThompsonConfig
 from attune.serving.auth import borrower_salt
 from attune.serving.config import RolloutConfig
 
@@ -132,8 +134,9 @@ def _plan(config: RankBatchConfig, store: str, run_id: str, decided_at: datetime
     canary = registry.resolve(rollout.canary) if rollout.canary else None
     if canary == champion:
         canary = None  # a rolled-back canary alias points at the champion (as served)
-    for version in filter(None, (champion, canary)):
-        OnnxScorer.load(registry, version)  # refuse a bad model before any work starts
+    # refuse a bad model before any work starts
+    scorers = [OnnxScorer.load(registry, v) for v in filter(None, (champion, canary))]
+    champion_spec = scorers[0].spec.n_features
     return RankPlan(
         registry_uri=registry.uri,
         champion=champion,
@@ -146,7 +149,24 @@ def _plan(config: RankBatchConfig, store: str, run_id: str, decided_at: datetime
         run_id=run_id,
         decided_at=decided_at,
         decision_store=store if config.decision_log else None,
+        exploration=_exploration(rollout, champion_spec),
     )
+
+
+def _exploration(rollout: RolloutConfig, n_features: int) -> ExplorationConfig | None:
+    """The rollout's exploration when active; refuses a posterior of another width."""
+    config = rollout.exploration
+    if not config.active:
+        return None
+    policy = config.state.config if config.state is not None else None
+    dim = policy.dim if isinstance(policy, LinearThompsonConfig) else None
+    if dim is not None and dim != n_features:
+        raise ConfigError(
+            field="rollout.exploration.state.config.dim",
+            value=dim,
+            problem=f"the champion's candidate rows have {n_features} features",
+        )
+    return config
 
 
 def _check_columns(snapshot: SnapshotInfo) -> None:
@@ -182,6 +202,10 @@ def rank_batch(config: RankBatchConfig) -> RankBatchResult:
     fs, path = storage.pyarrow_filesystem(storage.join(snapshot.uri, "features"))
     ds = ray.data.read_parquet(
         path, filesystem=fs, columns=["borrower_id", "as_of", *BORROWER_FEATURES]
+    ).repartition(
+        # streaming: one batch per block, so that every actor of the pool has work (a
+        # snapshot file is one block, and one block goes to one actor)
+        target_num_rows_per_block=config.batch_size
     )
     actors = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     ranked = ds.map_batches(
@@ -237,7 +261,8 @@ def _summary(
 ) -> dict[str, Any]:
     import pyarrow.compute as pc
 
-    ranked = read_part(stage, "ranked", ["arm", "model_version", "withheld_by"])
+    ranked = read_part(stage, "ranked", ["arm", "model_version", "withheld_by", "propensities"])
+    exploring = ranked.num_rows - ranked.column("propensities").null_count
     excluded = read_part(stage, "excluded", ["excluded_by"])
     rules = plan.rules
     by_rule = {r.name: 0 for r in rules.rules if r.options is None}
@@ -276,5 +301,6 @@ def _summary(
         "decision_log": (
             storage.join(plan.decision_store, "decisions") if plan.decision_store else None
         ),
-        "exploration": None,
+        "exploration": plan.exploration.describe() if plan.exploration else None,
+        "exploring": exploring,
     }

@@ -39,6 +39,7 @@ from attune.batch.eligibility import TouchpointRules, Verdict, apply_rules
 from attune.data.features import candidate_block
 from attune.data.schema import TS
 from attune.data.spec import BORROWER_FEATURES
+from attune.experiments.exploration import ExplorationConfig, Explorer
 from attune.serving.decision_log import DECISION_SCHEMA, DecisionSink, ParquetSink
 from attune.serving.features import SERVING_POSITION
 from attune.serving.model import ModelStore, OnnxScorer
@@ -87,9 +88,8 @@ class RankPlan:
     run_id: str
     decided_at: datetime
     decision_store: str | None  # store root of the decision log; None: no log
-    # EXPLORATION HOOK: an exploration config (attune.experiments.exploration) goes here;
-    # None ranks greedily, as the online app does without exploration.
-    exploration: Any = None
+    # the rollout's exploration when active; None ranks greedily (as the app then does)
+    exploration: ExplorationConfig | None = None
 
 
 def decision_id(run_id: str, borrower_id: int) -> str:
@@ -107,6 +107,14 @@ def greedy_order(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """Per row, option indices by score (highest first, ties in candidate order);
     ``-inf`` (withheld) options come last."""
     return np.argsort(-scores, axis=1, kind="stable")
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """Exploring decisions of a batch: per borrower, the slate's propensities and policy."""
+
+    propensities: list[list[float] | None]
+    policy: npt.NDArray[np.object_]
 
 
 @dataclass(frozen=True)
@@ -176,21 +184,58 @@ class BatchRanker:
         versions = np.full(n, None, dtype=object)
         for g in groups:
             versions[g.index] = g.scorer.version
-        # EXPLORATION HOOK: an exploring policy samples each slate here and returns the
-        # per-position propensities with it (attune.experiments.exploration).
         order = greedy_order(scores)
-        table = self._output(batch, ids, ranked, excluded, verdict, arms, versions, scores, order)
+        drawn = self._explore(ids, groups, verdict.offered, scores, order)
+        table = self._output(
+            batch, ids, ranked, excluded, verdict, arms, versions, scores, order, drawn
+        )
         if self.sink is not None and ranked.any():
             latency_ms = (time.perf_counter() - started) * 1000.0 / int(ranked.sum())
             log = pa.concat_tables(
                 [
-                    self._decisions(g, ids, verdict.offered, arms, scores, order, latency_ms)
+                    self._decisions(g, ids, verdict.offered, arms, scores, order, drawn, latency_ms)
                     for g in groups
                 ]
             )
             date = plan.decided_at.strftime("%Y-%m-%d")
             self.sink.write(log, date=date, name=f"batch-{plan.run_id}-{int(ids[0]):019d}")
         return table
+
+    def _explore(
+        self,
+        ids: npt.NDArray[np.int64],
+        groups: list[_Group],
+        offered: npt.NDArray[np.bool_],
+        scores: npt.NDArray[np.float64],
+        order: npt.NDArray[np.int64],
+    ) -> _Drawn:
+        """Draw the slates of exploring borrowers (in place in ``order``), as the app does:
+        who explores is the shared assignment hash, the slate is drawn over the offered
+        options from their scores and candidate rows. The draws are seeded by run and
+        batch, so a retried task draws (and logs) the same slates."""
+        n = len(ids)
+        drawn = _Drawn(propensities=[None] * n, policy=np.full(n, None, dtype=object))
+        config = self.plan.exploration
+        if config is None or not config.active or n == 0:
+            return drawn
+        key = f"{self.plan.run_id}:{int(ids[0])}:explore".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+        explorer = Explorer(config, salt=self.plan.salt, seed=seed)
+        for group in groups:
+            for k, i in enumerate(group.index.tolist()):
+                if not explorer.explores(int(ids[i])):
+                    continue
+                mine = np.flatnonzero(offered[i])
+                slate = explorer.slate(
+                    scores[i, mine],
+                    features=group.rows[k][mine],
+                    option_ids=tuple(self._options[mine]),
+                    touchpoint=self.plan.touchpoint,
+                )
+                order[i] = np.concatenate([mine[slate.order], np.flatnonzero(~offered[i])])
+                drawn.propensities[i] = slate.propensities.tolist()
+                drawn.policy[i] = slate.policy
+        return drawn
 
     def _score(
         self,
@@ -229,6 +274,7 @@ class BatchRanker:
         versions: npt.NDArray[np.object_],
         scores: npt.NDArray[np.float64],
         order_all: npt.NDArray[np.int64],
+        drawn: _Drawn,
     ) -> pa.Table:
         plan = self.plan
         n = len(ids)
@@ -260,7 +306,7 @@ class BatchRanker:
                 "decision_id": pa.array(decision_ids, pa.string()),
                 "options": _list_array(ranked_options, full, _STRINGS),
                 "scores": _list_array(ranked_scores, full, _FLOATS),
-                "propensities": pa.nulls(n, _FLOATS),
+                "propensities": pa.array(drawn.propensities, _FLOATS),
                 "withheld_by": _list_array(
                     names[np.nonzero(withheld)[1]], withheld.sum(axis=1), _STRINGS
                 ),
@@ -279,6 +325,7 @@ class BatchRanker:
         arms: npt.NDArray[np.object_],
         scores_all: npt.NDArray[np.float64],
         order_all: npt.NDArray[np.int64],
+        drawn: _Drawn,
         latency_ms: float,
     ) -> pa.Table:
         """The DECISION_SCHEMA rows of one model's ranked borrowers (candidates offered,
@@ -317,8 +364,9 @@ class BatchRanker:
             "features": pa.ListArray.from_arrays(pa.array(offsets), inner),
             "scores": _list_array(scores[offered], counts, _FLOATS),
             "returned_order": _list_array(self._options[order][slots], counts, _STRINGS),
-            "propensities": pa.nulls(m, _FLOATS),
+            "propensities": pa.array([drawn.propensities[i] for i in index], _FLOATS),
             "latency_ms": pa.array(np.full(m, latency_ms)),
+            "logging_policy": pa.array(drawn.policy[index], pa.string()),
         }
         return pa.Table.from_arrays(
             [columns[name] for name in DECISION_SCHEMA.names], schema=DECISION_SCHEMA
