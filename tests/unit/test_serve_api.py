@@ -108,3 +108,20 @@ def test_attune_uses_no_private_ray_api() -> None:
         if private.search(path.read_text())
     ]
     assert not offenders
+
+
+def test_the_rest_client_sends_ray_s_token_from_where_ray_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attune.serving.serve_api import _ray_token
+
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert _ray_token() == "from-file"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert _ray_token() == "from-env"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert _ray_token() is None

@@ -6,8 +6,9 @@ as a whole, the way ``serve deploy`` does:
 * :class:`ServeREST`: Ray Serve's REST API on the Ray dashboard (``GET`` /
   ``PUT /api/serve/applications/``), the interface ``serve deploy`` and ``serve
   status`` use. The address is ``RAY_DASHBOARD_ADDRESS`` (Ray's own variable), else
-  ``http://127.0.0.1:8265``; with Ray token auth, ``RAY_AUTH_TOKEN`` is sent as a bearer
-  token.
+  ``http://127.0.0.1:8265``; with Ray token auth the token is sent as a bearer token,
+  read where Ray reads it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+  ``~/.ray/auth_token``; none with ``RAY_AUTH_MODE=disabled``).
 * :class:`RayServiceTarget`: a KubeRay ``RayService``. The desired state is its
   ``spec.serveConfigV2``: the new config is written there (``kubectl patch``), so the
   operator applies it and a later reconcile keeps it instead of reverting it.
@@ -21,6 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from attune.errors import ConfigError, NotFound, Unavailable
@@ -49,6 +51,21 @@ def _schema(applications: list[dict[str, Any]], **extra: Any) -> ServeDeploySche
     return ServeDeploySchema.model_validate({"applications": applications, **values})
 
 
+def _ray_token() -> str | None:
+    """Ray's token (token auth), from where Ray itself reads it: ``RAY_AUTH_TOKEN``,
+    the file ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token``."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if token:
+        return token.strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 class ServeREST:
     """Ray Serve's REST API (``serve deploy``'s interface) on the Ray dashboard."""
 
@@ -61,7 +78,7 @@ class ServeREST:
     def _call(self, method: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         headers = {"content-type": "application/json"}
-        token = os.environ.get("RAY_AUTH_TOKEN")
+        token = _ray_token()
         if token:
             headers["authorization"] = f"Bearer {token}"
         request = urllib.request.Request(
