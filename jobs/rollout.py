@@ -5,8 +5,9 @@
     ray job submit --working-dir . -- python jobs/rollout.py promote --justification "..."
 
 Takes the arguments of ``attune rollout shadow|canary|promote|rollback|status``; all
-logic lives in :mod:`attune.serving.rollout`. Exits 2 on a bad argument or a refused
-version (the error names it), 0 otherwise, printing the rollout now in service.
+logic lives in :mod:`attune.serving.rollout`. Exits 0 printing the rollout now in
+service, else with the status of ``attune`` (:mod:`attune.cli`: 2 usage, 4 invalid
+input, 5 not found, 6 refused by a gate, 8 unavailable); the error names the value.
 """
 
 from __future__ import annotations

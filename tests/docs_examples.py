@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 KINDS = {"bash", "usage", "text", "python", "json", "yaml"}
 
-_FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.S | re.M)
+_FENCE = re.compile(r"^ *```([^\n`]*)\n(.*?)^ *```", re.S | re.M)
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,24 @@ def curl_requests(block: Block) -> list[tuple[str, str, str | None]]:
         body = argv[argv.index("-d") + 1] if "-d" in argv else None
         out.append(("POST" if body is not None else "GET", path, body))
     return out
+
+
+def readme_blocks() -> list[Block]:
+    return [b for b in blocks([ROOT / "README.md"]) if b.kind == "bash"]
+
+
+def run_readme_requests(port: int) -> list[str]:
+    """Run the README's ``curl`` blocks as written (port 8000 -> ``port``); their outputs."""
+    import subprocess
+
+    outputs = []
+    for block in readme_blocks():
+        if not curl_requests(block):
+            continue
+        script = block.text.replace("localhost:8000", f"localhost:{port}")
+        for command in re.split(r"\n(?=curl )", script):
+            done = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True
+            )
+            outputs.append(done.stdout)
+    return outputs

@@ -36,8 +36,16 @@ def code_runtime_env() -> dict[str, Any]:
 
 
 def init_ray(address: str | None, **kwargs: Any) -> None:
-    """``ray.init(address, ...)`` with :func:`code_runtime_env` merged into ``runtime_env``."""
+    """``ray.init(address, ...)`` with :func:`code_runtime_env` merged into ``runtime_env``.
+
+    No address: ``RAY_ADDRESS`` (set for a submitted job's driver), else a new local Ray
+    ("local"), never one that someone else ``ray start``-ed on this host (what
+    ``ray.init(None)`` would join).
+    """
     import ray
 
+    from attune.settings import get_settings
+
     runtime_env = {**code_runtime_env(), **(kwargs.pop("runtime_env", None) or {})}
+    address = address or get_settings().ray_address or "local"
     ray.init(address=address, runtime_env=runtime_env or None, **kwargs)

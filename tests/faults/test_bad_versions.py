@@ -27,6 +27,8 @@ BROKEN = {
     "truncated": "ONNX Runtime cannot load it",
     "mismatch": "feature spec mismatch",
 }
+#: version name -> exit status (attune.cli: 8 unavailable (corrupted artifact), 4 invalid input)
+STATUS = {"corrupted": 8, "truncated": 4, "mismatch": 4}
 
 
 def _rollout_canary(app: FaultApp, version: str, ray_address: str) -> subprocess.CompletedProcess:
@@ -53,9 +55,9 @@ def test_broken_versions_are_refused_and_the_champion_keeps_serving(
         load.wait_ok(40)
         for name in BROKEN:
             result = _rollout_canary(app, app.versions[name], address)
-            assert result.returncode == 2, (name, result.stdout, result.stderr[-2000:])
+            assert result.returncode == STATUS[name], (name, result.stdout, result.stderr[-2000:])
             refusals[name] = next(
-                line for line in result.stderr.splitlines() if line.startswith("error: ")
+                line for line in result.stderr.splitlines() if line.startswith("attune: error: ")
             )
         load.wait_ok(40)
         final = load.stop()

@@ -61,17 +61,41 @@ def ray_cluster(s3_server: S3Server) -> Iterator[object]:
     from attune.settings import get_settings
 
     get_settings.cache_clear()
+    # Rollouts apply declarative configs through Serve's REST API on the dashboard, as
+    # `serve deploy` does; replicas (guardrail rollbacks) find it by Ray's own variable.
+    from tests.conftest import free_port
+
+    dashboard_port = free_port()
+    os.environ["RAY_DASHBOARD_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    # For the cluster's processes only (popped below, so that Ray instances started by
+    # tests, e.g. `serve run`, keep their defaults): the dashboard's own exporter off its
+    # fixed default port, and replicas re-reading drift reports every 2 s.
+    cluster_only = {"DASHBOARD_METRIC_PORT": str(free_port()), "ATTUNE_DRIFT_REFRESH_S": "2"}
+    os.environ.update(cluster_only)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": CPUS_PER_NODE,
             "object_store_memory": 1_000_000_000,
-            "include_dashboard": False,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": free_port(),
         },
     )
-    cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=1_000_000_000)
+    cluster.add_node(
+        num_cpus=CPUS_PER_NODE,
+        object_store_memory=1_000_000_000,
+        dashboard_agent_listen_port=free_port(),
+    )
     cluster.wait_for_nodes()
+    for key in cluster_only:
+        os.environ.pop(key, None)
     ray.init(address=cluster.address, log_to_driver=False)
+    from attune.serving.serve_api import ServeREST
+    from tests.conftest import wait_for
+
+    wait_for(lambda: ServeREST().details() is not None, timeout=120, what="Serve's REST API")
     yield cluster
     ray.shutdown()
     cluster.shutdown()

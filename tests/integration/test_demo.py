@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -92,10 +93,12 @@ def _serve_run_local_yaml_answers_by_id(checkout: Path, env: dict[str, str], bor
     import yaml
 
     from tests.conftest import free_port
+    from tests.docs_examples import run_readme_requests
     from tests.integration.serving_fixtures import http, serve_run
 
     config = yaml.safe_load((Path(__file__).parents[2] / "serve_configs/local.yaml").read_text())
-    config["http_options"]["port"] = free_port()
+    config_port = free_port()
+    config["http_options"]["port"] = config_port
     # its own Ray ("-a local") and Serve's defaults, as a newcomer would run it
     clean = {k: v for k, v in env.items() if not k.startswith(("RAY_SERVE_", "ATTUNE_REDIS"))}
     with serve_run(checkout, config, clean) as base:
@@ -118,3 +121,7 @@ def _serve_run_local_yaml_answers_by_id(checkout: Path, env: dict[str, str], bor
         assert http("POST", f"{base}/v1/events", {"events": [payment]}).body["applied"] == 1
         after = http("GET", f"{base}/v1/features/{borrower}").body["features"]
         assert after["pay_on_time_30"] == before["pay_on_time_30"] + 1
+        # the README's requests, typed as written (borrower 1, port 8000 -> this port)
+        ranked, posted, _ = (json.loads(out) for out in run_readme_requests(config_port))
+        assert len(ranked["options"]) == 4 and ranked["feature_source"] == "online", ranked
+        assert posted["applied"] == 1, posted

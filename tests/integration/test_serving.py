@@ -574,3 +574,55 @@ def test_serve_run_local_yaml_serves_the_champion_from_the_local_registry(
         assert answer.status == 200 and answer.body["model_version"] == version
         decisions = tmp_path / ".attune" / "decisions"
         wait_for(lambda: list(decisions.rglob("*.parquet")), timeout=60, what="a decision file")
+
+
+#: Counters Ray exports only once their event has happened (a failed model call, a
+#: guardrail rollback, a full shadow queue, a dropped decision record).
+_EVENT_ONLY = {
+    "attune_rank_errors_total",
+    "attune_guardrail_rollbacks_total",
+    "attune_shadow_dropped_total",
+    "attune_decisions_dropped_total",
+}
+
+
+def test_every_metric_the_dashboard_queries_is_scraped_from_the_app(serving: Serving) -> None:
+    """The node metrics endpoints Prometheus scrapes carry every series the Grafana
+    dashboard queries, the drift gauges included (set by the app from the latest report)."""
+    import urllib.request
+    from datetime import UTC, datetime
+
+    import ray
+
+    from attune.governance.monitor import latest_report_uri
+    from tests.unit.test_monitoring import _base, _dashboard_series
+
+    champion = serving.versions["champ"]
+    serving.set_rollout(RolloutConfig(champion=champion, salt="it-metrics"))
+    report = {
+        "computed_at": datetime.now(UTC).isoformat(),
+        "max_psi": 0.03,
+        "features": {"apr": {"psi": 0.03}},
+    }
+    storage.write_json(latest_report_uri(serving.store, champion), report)
+    for i in range(20):
+        assert serving.rank(rank_body(i)).status == 200
+    wanted = {_base(s) for s in _dashboard_series()} - _EVENT_ONLY
+    wanted |= {"attune_drift_report_age_seconds", "attune_drift_max_psi"}
+
+    def scraped() -> str:
+        texts = []
+        for node in ray.nodes():
+            port = node.get("MetricsExportPort")
+            if node.get("Alive") and port:
+                url = f"http://{node['NodeManagerAddress']}:{port}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    texts.append(response.read().decode())
+        return "\n".join(texts)
+
+    def missing() -> set[str]:
+        text = scraped()
+        return {name for name in wanted if f"ray_{name}" not in text}
+
+    wait_for(lambda: not missing(), timeout=120, interval=2, what="every dashboard metric")
+    assert f'model_version="{champion}"' in scraped()

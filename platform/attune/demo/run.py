@@ -64,10 +64,19 @@ def _local_ray(config: DemoConfig, port: int) -> Iterator[None]:
     from ray import serve
 
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    # Rollouts go through Serve's REST API on the dashboard (as `serve deploy` does);
+    # replicas (guardrail rollbacks) find it by Ray's own variable, set before Ray starts.
+    from attune.demo.flow import free_port
+
+    dashboard_port = 8265 if config.dashboard else free_port()
+    os.environ["RAY_DASHBOARD_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    if not config.dashboard:  # the dashboard's own exporter: off its fixed default port
+        os.environ["DASHBOARD_METRIC_PORT"] = str(free_port())
     ray.init(
         address="local",
-        include_dashboard=config.dashboard,
+        include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         log_to_driver=False,
         configure_logging=True,
         logging_level=logging.WARNING,

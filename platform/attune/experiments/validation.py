@@ -1,7 +1,7 @@
 """Argument checks shared by the experiments modules, and the error they raise.
 
 Every check raises :class:`ArgumentError` (an :class:`attune.errors.InvalidInput`, so
-HTTP 422 and CLI exit status 2) naming the argument, the offending value (or a short
+HTTP 422 and CLI exit status 4) naming the argument, the offending value (or a short
 summary of it for arrays) and the problem.
 """
 

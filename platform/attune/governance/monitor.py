@@ -134,8 +134,16 @@ def run_drift_monitor(config: DriftMonitorConfig) -> dict[str, Any]:
     storage.write_bytes(
         outputs["prometheus"], prometheus_text(report, model_version=version).encode()
     )
+    # The latest report per version, where the serving app's drift gauges read it
+    # (attune.serving.drift_gauges): the app is the process that lives to be scraped.
+    storage.write_json(latest_report_uri(get_settings().store, version), report)
     report["ray_metrics"] = export_ray_gauges(report, model_version=version)
     return report
+
+
+def latest_report_uri(store: str, version: str) -> str:
+    """``<store>/monitoring/drift/<version>/latest.json``: the newest report of a version."""
+    return storage.join(store, "monitoring", "drift", version, "latest.json")
 
 
 def resolve_version(registry: str, ref: str) -> str:

@@ -1,8 +1,10 @@
 """CLI sub-commands of the serving stage (registered by :mod:`attune.cli`).
 
-``attune serve deploy|status|delete`` manage the app on the cluster at ``RAY_ADDRESS``
-(``auto`` when unset); ``attune rollout shadow|canary|promote|rollback|status`` move
-registry aliases and reconfigure the running app (see :mod:`attune.serving.rollout`).
+``attune serve deploy|status|delete`` manage the apps through Serve's REST API on the
+Ray dashboard (``RAY_DASHBOARD_ADDRESS``, else ``http://127.0.0.1:8265``), like
+``serve deploy``; ``attune rollout shadow|canary|promote|rollback|status`` move registry
+aliases and apply the edited declarative config there, or, with ``--rayservice NAME``,
+into a KubeRay RayService's ``serveConfigV2`` (see :mod:`attune.serving.rollout`).
 Heavy imports (Ray) happen inside the handlers.
 """
 
@@ -35,12 +37,20 @@ def _print(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _target(args: argparse.Namespace) -> Any:
+    from attune.serving.serve_api import RayServiceTarget, ServeREST
+
+    if getattr(args, "rayservice", None):
+        return RayServiceTarget(args.rayservice, namespace=args.namespace)
+    return ServeREST(getattr(args, "address", None))
+
+
 def _rollout(args: argparse.Namespace) -> int:
-    from attune.serving.rollout import RolloutRequest, deployed_config, rollout_of, run_step
+    from attune.serving.rollout import RolloutRequest, rollout_of, run_step
     from attune.settings import current_user
 
     if args.step == "status":
-        _print(rollout_of(deployed_config(), args.app).model_dump(mode="json"))
+        _print(rollout_of(_target(args).read(), args.app).model_dump(mode="json"))
         return 0
     try:
         request = RolloutRequest(
@@ -58,7 +68,7 @@ def _rollout(args: argparse.Namespace) -> int:
     registry_uri = _registry_uri(args)  # checked before Ray starts
     if request.step == "canary" and not args.no_ope:
         _ope_gate(args, request)
-    rollout = run_step(request, registry_uri=registry_uri)
+    rollout = run_step(request, registry_uri=registry_uri, target=_target(args))
     _print(rollout.model_dump(mode="json"))
     return 0
 
@@ -75,7 +85,7 @@ def _ope_gate(args: argparse.Namespace, request: Any) -> None:
     from attune.layout import store_layout
     from attune.registry import Registry
     from attune.serving.ope_check import ope_check
-    from attune.serving.rollout import deployed_config, rollout_of
+    from attune.serving.rollout import rollout_of
 
     layout = store_layout(getattr(args, "store", None))
     decisions = args.ope_decisions or layout.decisions
@@ -85,7 +95,7 @@ def _ope_gate(args: argparse.Namespace, request: Any) -> None:
         if absent:
             _print({"ope_gate": f"skipped: nothing logged yet at {', '.join(absent)}"})
             return
-    champion = rollout_of(deployed_config(), args.app).champion
+    champion = rollout_of(_target(args).read(), args.app).champion
     check = ope_check(
         registry=Registry(_registry_uri(args)),
         candidate=request.version,
@@ -115,16 +125,15 @@ def _serve_deploy(args: argparse.Namespace) -> int:
         raise ConfigError(field="config", value=args.config, problem=str(exc)) from exc
     except ValidationError as exc:
         raise _config_error(exc) from exc
-    deploy(config, wait_s=args.wait_s)
+    deploy(config, target=_target(args), wait_s=args.wait_s)
     _print({"deployed": [app.name for app in config.applications]})
     return 0
 
 
 def _serve_status(args: argparse.Namespace) -> int:
-    from attune.serving.rollout import _client
+    from attune.serving.serve_api import ServeREST
 
-    details = _client().get_serve_details()
-    apps = details.get("applications", {})
+    apps = ServeREST(args.address).details().get("applications", {})
     _print(
         {
             name: {"status": app.get("status"), "message": app.get("message")}
@@ -136,12 +145,20 @@ def _serve_status(args: argparse.Namespace) -> int:
 
 
 def _serve_delete(args: argparse.Namespace) -> int:
-    from ray import serve
+    """Apply the cluster's config without the app (declarative, like editing the file)."""
+    from ray.serve.schema import ServeDeploySchema
 
-    from attune.serving.rollout import _client
+    from attune.errors import NotFound
+    from attune.serving.serve_api import ServeREST
 
-    _client()
-    serve.delete(args.app)
+    target = ServeREST(args.address)
+    config = target.read()
+    kept = [app for app in config.applications if app.name != args.app]
+    if len(kept) == len(config.applications):
+        raise NotFound(f"application {args.app!r} is not deployed", app=args.app)
+    data = config.model_dump(exclude_unset=True)
+    data["applications"] = [app.model_dump(exclude_unset=True) for app in kept]
+    target.apply(ServeDeploySchema.model_validate(data), wait_s=args.wait_s)
     _print({"deleted": args.app})
     return 0
 
@@ -152,13 +169,18 @@ def register(subparsers: Any) -> None:
     serve_sub = serve.add_subparsers(dest="serve_command", required=True, metavar="ACTION")
     deploy = serve_sub.add_parser("deploy", help="Apply a Serve config (serve_configs/*.yaml).")
     deploy.add_argument("config", help="Serve config file (ServeDeploySchema YAML).")
+    address_help = "Ray dashboard (Serve REST API) URL (RAY_DASHBOARD_ADDRESS, else :8265)."
     deploy.add_argument("--wait-s", type=float, default=300, help="Wait for RUNNING (seconds).")
+    deploy.add_argument("--address", default=None, help=address_help)
     deploy.set_defaults(handler=_serve_deploy)
     status = serve_sub.add_parser("status", help="Status of the apps on the cluster.")
     status.add_argument("--app", default=None, help="Only this application.")
+    status.add_argument("--address", default=None, help=address_help)
     status.set_defaults(handler=_serve_status)
     delete = serve_sub.add_parser("delete", help="Delete an application.")
     delete.add_argument("--app", default="attune", help="Application name.")
+    delete.add_argument("--address", default=None, help=address_help)
+    delete.add_argument("--wait-s", type=float, default=300, help="Wait for RUNNING (seconds).")
     delete.set_defaults(handler=_serve_delete)
 
     rollout = subparsers.add_parser(
@@ -173,6 +195,15 @@ def register(subparsers: Any) -> None:
     common.add_argument("--by", default=None, help="Who runs the step (default: current user).")
     common.add_argument("--justification", default=None, help="Why (required with --override).")
     common.add_argument("--override", action="store_true", help="Move even if a gate refuses.")
+    common.add_argument("--address", default=None, help=address_help)
+    common.add_argument(
+        "--rayservice",
+        default=None,
+        metavar="NAME",
+        help="Write the rollout into this KubeRay RayService's serveConfigV2 (kubectl patch) "
+        "instead of the cluster's Serve REST API.",
+    )
+    common.add_argument("--namespace", default=None, help="Namespace of --rayservice.")
     shadow = steps.add_parser("shadow", parents=[common], help="Mirror requests to a version.")
     shadow.add_argument("version", help="Version id or alias.")
     shadow.add_argument("--percent", type=float, default=None, help="Share of requests (100).")

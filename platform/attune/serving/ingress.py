@@ -300,6 +300,10 @@ class RankingIngress:
             await asyncio.to_thread(self._service_or_none.apply, rollout)
         log.info("rollout applied: %s", rollout.model_dump_json())
 
+    def _served_versions(self) -> list[str]:
+        service = self._service_or_none
+        return [] if service is None else [m.version for m in service.status().models]
+
     @property
     def _service(self) -> RankingService:
         if self._service_or_none is None:
@@ -394,6 +398,11 @@ class RankingIngress:
             return
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._guarded(self._housekeeping()))]
+        # Drift gauges from the scheduled drift check's reports (this process is scraped).
+        from attune.serving.drift_gauges import DriftGauges
+
+        drift = DriftGauges(self._args.store_uri())
+        self._tasks.append(loop.create_task(drift.run(self._served_versions)))
         self._worker = threading.Thread(
             target=self._after_answers, name="attune-after-answers", daemon=True
         )

@@ -1,10 +1,12 @@
 """Rollouts against a running app: move registry aliases, then reconfigure the app.
 
 Every step is the same read-modify-apply of the app's *declarative* Serve config (what
-``serve deploy`` applied): read the configs of the cluster's applications, change the
-ingress deployment's ``user_config`` (a :class:`RolloutConfig`) of one app, apply the
-whole config again. Only ``user_config`` changes, so Serve calls ``reconfigure`` on the
-live replicas: no replica restarts and no request is dropped.
+``serve deploy`` applied), through public interfaces only (:mod:`attune.serving.serve_api`):
+read the configs of the cluster's applications (Serve's REST API, or a KubeRay
+RayService's ``serveConfigV2``), change the ingress deployment's ``user_config`` (a
+:class:`RolloutConfig`) of one app, apply the whole config again. Only ``user_config``
+changes, so Serve calls ``reconfigure`` on the live replicas: no replica restarts and
+no request is dropped.
 
 Steps (:func:`run_step`, the ``attune rollout`` CLI):
 
@@ -32,6 +34,7 @@ from attune.errors import ConfigError, NotFound
 from attune.serving.config import AppArgs, RolloutConfig
 from attune.serving.ingress import INGRESS_NAME
 from attune.serving.model import OnnxScorer
+from attune.serving.serve_api import ServeREST, ServeTarget
 
 if TYPE_CHECKING:
     from ray.serve.schema import ServeDeploySchema
@@ -85,29 +88,9 @@ class RolloutRequest(BaseModel):
 # --------------------------------------------------------------------------- Serve config
 
 
-def _client() -> Any:
-    import ray
-    from ray.serve.context import _get_global_client
-
-    from attune.settings import get_settings
-
-    if not ray.is_initialized():
-        ray.init(address=get_settings().ray_address or "auto", log_to_driver=False)
-    return _get_global_client()
-
-
-def deployed_config(client: Any | None = None) -> ServeDeploySchema:
+def deployed_config(target: ServeTarget | None = None) -> ServeDeploySchema:
     """The declarative config of every app on the cluster (as ``serve deploy`` applied it)."""
-    import ray
-    from ray.serve.schema import ServeDeploySchema
-
-    client = client or _client()
-    apps = ray.get(client._controller.get_app_configs.remote())
-    target_capacity = client.get_serve_details().get("target_capacity")
-    return ServeDeploySchema(
-        applications=[app.model_dump(exclude_unset=True) for app in apps.values()],
-        target_capacity=target_capacity,
-    )
+    return (target or ServeREST()).read()
 
 
 def _app(config: ServeDeploySchema, name: str) -> Any:
@@ -149,45 +132,25 @@ def with_rollout(
     return ServeDeploySchema.model_validate(data)
 
 
-def deploy(config: ServeDeploySchema, *, client: Any | None = None, wait_s: float = 180) -> None:
+def deploy(
+    config: ServeDeploySchema, *, target: ServeTarget | None = None, wait_s: float = 180
+) -> None:
     """Apply ``config`` (every app of the cluster) and wait until its apps are RUNNING."""
-    import time
-
-    from ray.serve.schema import ApplicationStatus
-
-    client = client or _client()
-    client.deploy_apps(config)
-    names = {app.name for app in config.applications}
-    deadline = time.monotonic() + wait_s
-    while True:
-        statuses = {s.name: s.app_status.status for s in client.list_serve_statuses()}
-        wanted = {n: statuses.get(n) for n in names}
-        if all(s == ApplicationStatus.RUNNING for s in wanted.values()):
-            return
-        failed = {n: s for n, s in wanted.items() if s == ApplicationStatus.DEPLOY_FAILED}
-        if failed or time.monotonic() > deadline:
-            details = client.get_serve_details()["applications"]
-            raise ConfigError(
-                field="applications",
-                value={n: str(s) for n, s in wanted.items()},
-                problem="deploy did not reach RUNNING: "
-                + "; ".join(str(details.get(n, {}).get("message", "")) for n in names),
-            )
-        time.sleep(0.25)
+    (target or ServeREST()).apply(config, wait_s=wait_s)
 
 
 def update_rollout(
     app_name: str,
     change: Callable[[RolloutConfig], RolloutConfig],
     *,
-    client: Any | None = None,
+    target: ServeTarget | None = None,
     wait_s: float = 180,
 ) -> RolloutConfig:
     """Read the app's rollout, apply ``change``, redeploy the config; returns the new rollout."""
-    client = client or _client()
-    config = deployed_config(client)
+    target = target or ServeREST()
+    config = target.read()
     rollout = change(rollout_of(config, app_name))
-    deploy(with_rollout(config, app_name, rollout), client=client, wait_s=wait_s)
+    target.apply(with_rollout(config, app_name, rollout), wait_s=wait_s)
     log.info("app %s now runs rollout %s", app_name, rollout.model_dump_json())
     return rollout
 
@@ -255,15 +218,19 @@ def plan(request: RolloutRequest, registry: Registry, current: RolloutConfig) ->
 
 
 def run_step(
-    request: RolloutRequest, *, registry_uri: str, client: Any | None = None
+    request: RolloutRequest, *, registry_uri: str, target: ServeTarget | None = None
 ) -> RolloutConfig:
-    """Run one rollout step against the running app; returns the rollout now in service."""
+    """Run one rollout step against the app's declarative config; returns the new rollout.
+
+    ``target`` is where that config lives: the cluster's Serve REST API (default) or a
+    KubeRay RayService (:mod:`attune.serving.serve_api`).
+    """
     from attune.registry import Registry
 
     registry = Registry(registry_uri)
-    client = client or _client()
-    current = rollout_of(deployed_config(client), request.app)
-    return update_rollout(request.app, lambda _: plan(request, registry, current), client=client)
+    target = target or ServeREST()
+    current = rollout_of(target.read(), request.app)
+    return update_rollout(request.app, lambda _: plan(request, registry, current), target=target)
 
 
 def persist_guardrail_rollback(
