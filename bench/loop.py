@@ -198,7 +198,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    for attempt in range(5):  # a busy shared host can time a node's start-up out
+        try:
+            ray.init(
+                address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 4:
+                raise
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="attune-loop-") as tmp:
