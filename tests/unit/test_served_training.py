@@ -152,7 +152,7 @@ def test_tune_arguments_take_served_datasets():
     config = config_from_args(args)
     assert config.served == ("a", "b") and config.served_correction == "none"
     default = config_from_args(parser.parse_args(["--features", "f", "--registry", "r"]))
-    assert default.served == () and default.served_correction == "ipw"
+    assert default.served == () and default.served_correction == "none"
 
 
 def test_with_served_reads_reward_datasets_into_the_train_split(tmp_path):

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--served-correction",
         choices=("none", "lambdarank_unbiased", "ipw"),
-        help="Position/selection bias correction of the served rows (default ipw).",
+        help="Position/selection bias correction of the served rows (default none).",
     )
     parser.add_argument("--trials", type=int, default=8, help="Trials to sample (default 8).")
     parser.add_argument("--max-concurrent", type=int, help="Trials running at once.")

@@ -33,7 +33,7 @@ class TuneConfig(BaseModel):
         description="Reward datasets (attune outcomes) whose served rows join the train split.",
     )
     served_correction: Literal["none", "lambdarank_unbiased", "ipw"] = Field(
-        default="ipw",
+        default="none",
         description="Bias correction of the served rows (docs/training.md).",
     )
     trials: int = Field(default=8, ge=1, le=10_000, description="Number of sampled trials.")
