@@ -103,8 +103,7 @@ def _one_seed(args: argparse.Namespace, seed: int, root: Path) -> list[dict[str,
     for i, it in enumerate(loop.run()):
         row = {"seed": seed, "iteration": i + 1, **it.to_dict()}
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("seed", "iteration", "true_value", "ope",
-                                              "realized", "promoted")}, default=str))  # fmt: skip
+        print(json.dumps(row, default=str), flush=True)  # one line per turn: a partial run reads
     return rows
 
 
