@@ -392,6 +392,13 @@ SPEC_HASH = re.compile(r"^[0-9a-f]{8,64}$")
 SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def _location(uri: str) -> str:
+    """``uri`` in one spelling: s3 as written, local paths absolute and normalised."""
+    import os.path
+
+    return uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
+
+
 def _read_pointer(root: str, pointer: str) -> SnapshotInfo:
     """The snapshot ``pointer`` names, refused unless it lies directly under ``root``.
 
@@ -406,7 +413,7 @@ def _read_pointer(root: str, pointer: str) -> SnapshotInfo:
     problem = None
     if not SNAPSHOT_ID.fullmatch(info.snapshot_id) or ".." in info.snapshot_id:
         problem = f"snapshot_id {info.snapshot_id!r} is not a snapshot id"
-    elif info.uri.rstrip("/") != storage.join(root, info.snapshot_id).rstrip("/"):
+    elif _location(info.uri) != _location(storage.join(root, info.snapshot_id)):
         problem = f"uri {info.uri!r} is not {root}/{info.snapshot_id}"
     elif not root.rstrip("/").endswith("/" + info.spec_hash):
         problem = f"spec_hash {info.spec_hash!r} is not the pointer's feature spec"
