@@ -201,6 +201,15 @@ class Loop:
     def _serve(self, rollout: RolloutConfig) -> _Phase:
         self.endpoint.apply(rollout)
         index = self.pool.draw(self.config.requests, self.rng, self.used)
+        if len(index) == 0:
+            from attune.errors import InvalidInput
+
+            raise InvalidInput(
+                f"every borrower of the pool ({len(set(self.pool.borrower_id.tolist()))}) was "
+                "served already: lower requests or iterations, or simulate more borrowers",
+                field="requests",
+                value=self.config.requests,
+            )
         answers = self.endpoint.rank([self.pool.bodies[i] for i in index])
         at = self.clock()
         position = {o: j for j, o in enumerate(OPTION_IDS)}
