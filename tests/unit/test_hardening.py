@@ -128,6 +128,8 @@ def test_monitor_drift_cli_exits_with_an_error_for_a_path_version(
     from attune.cli import main
 
     outside = tmp_path / "outside"
+    (tmp_path / "registry").mkdir()  # exists: the version is what is refused
+    (tmp_path / "decisions").mkdir()
     argv = ["monitor", "drift", "--registry", str(tmp_path / "registry"), "--decisions"]
     argv += [str(tmp_path / "decisions"), "--version", f"../../../../{outside}"]
     assert main(argv) != 0  # exit codes per category are the CLI's own (not pinned here)
