@@ -43,7 +43,7 @@ elif args[0] == "patch":
 
 @pytest.fixture
 def kubectl(tmp_path: Path) -> Path:
-    manifest = yaml.safe_load((ROOT / "infra/kuberay/rayservice.yaml").read_text())
+    manifest = next(yaml.safe_load_all((ROOT / "infra/kuberay/rayservice.yaml").read_text()))
     (tmp_path / "state.json").write_text(json.dumps(manifest))
     script = tmp_path / "kubectl"
     script.write_text(_KUBECTL)
