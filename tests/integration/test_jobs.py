@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,19 @@ def head_node() -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _finished(client: Any, job_id: str) -> Any:
+    """The job's terminal status (SUCCEEDED, FAILED or STOPPED), waited for up to 300 s."""
+    from ray.job_submission import JobStatus
+
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    return wait_for(
+        lambda: (s := client.get_job_status(job_id)) in terminal and s,
+        timeout=300,
+        interval=1.0,
+        what=f"job {job_id} to finish",
+    )
+
+
 def test_generate_job_submitted_to_head_node_succeeds(head_node: str, tmp_path: Path) -> None:
     """`jobs/generate.py` submitted with the repo as working dir SUCCEEDS and writes a history."""
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -88,13 +102,7 @@ def test_generate_job_submitted_to_head_node_succeeds(head_node: str, tmp_path: 
         ),
         runtime_env={"working_dir": str(ROOT)},
     )
-    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    status = wait_for(
-        lambda: (s := client.get_job_status(job_id)) in terminal and s,
-        timeout=300,
-        interval=1.0,
-        what=f"job {job_id} to finish",
-    )
+    status = _finished(client, job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs
     assert '"counts"' in logs
@@ -112,13 +120,7 @@ def test_failing_job_reports_failed_with_the_error(head_node: str, tmp_path: Pat
         entrypoint=f"python jobs/generate.py --borrowers 0 --months 2 --seed 3 --out {tmp_path}",
         runtime_env={"working_dir": str(ROOT)},
     )
-    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    status = wait_for(
-        lambda: (s := client.get_job_status(job_id)) in terminal and s,
-        timeout=300,
-        interval=1.0,
-        what=f"job {job_id} to finish",
-    )
+    status = _finished(client, job_id)
     assert status == JobStatus.FAILED
     assert "borrowers" in client.get_job_logs(job_id)
 
@@ -173,13 +175,7 @@ def test_a_job_runs_the_submitted_code_on_driver_and_workers(
     job_id = client.submit_job(
         entrypoint="python jobs/probe_submitted.py", runtime_env={"working_dir": str(tree)}
     )
-    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    status = wait_for(
-        lambda: (s := client.get_job_status(job_id)) in terminal and s,
-        timeout=300,
-        interval=1.0,
-        what=f"job {job_id} to finish",
-    )
+    status = _finished(client, job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs
     assert f"driver imported {mark} worker returned {mark}" in logs

@@ -23,6 +23,7 @@ Each iteration is summarized as a :class:`LoopIteration` (``summary.json``'s ``l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -146,20 +147,7 @@ class LoopIteration:
     references: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "candidate": self.candidate,
-            "champion": self.champion,
-            "ope": self.ope,
-            "realized": self.realized,
-            "true_value": self.true_value,
-            "champion_true_value": self.champion_true_value,
-            "oracle_share": self.oracle_share,
-            "served_oracle_share": self.served_oracle_share,
-            "promoted": self.promoted,
-            "refused_by": self.refused_by,
-            "exploration_cost": self.exploration_cost,
-            "references": self.references,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -385,7 +373,7 @@ def summary_frame(iterations: Sequence[LoopIteration]) -> pd.DataFrame:
                 "iteration": i + 1,
                 "champion": it.champion_true_value,
                 "candidate": it.true_value,
-                **{k: v for k, v in it.references.items()},
+                **it.references,
             }
         )
     return pd.DataFrame(rows)
