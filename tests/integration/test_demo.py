@@ -22,7 +22,12 @@ def test_demo_runs_end_to_end_and_then_serve_run_local_yaml_serves_its_state(
     and online state: an id-only rank answers, and a posted payment shows at once."""
     workdir = tmp_path / ".attune"
     attune = Path(sys.executable).with_name("attune")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    from tests.integration.serving_fixtures import serve_isolation_env
+
+    # the demo's own Ray: Serve ports of its own, not the session cluster's (inherited)
+    inherited = ("AWS_", "RAY_ADDRESS", "RAY_SERVE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
+    env.update(serve_isolation_env())
     proc = subprocess.run(
         [
             str(attune),

@@ -51,6 +51,7 @@ def _decision_table(rows: list[dict[str, Any]]) -> pa.Table:
             "scores": [0.2, 0.1],
             "returned_order": ["pay_now", "autopay_enroll"],
             "propensities": None,
+            "logging_policy": None,
             "latency_ms": 1.0,
             **row,
         }

@@ -161,7 +161,7 @@ def test_every_campaign_decision_is_in_the_decision_log_beside_served_ones(
 
     rows = logged()
     assert sorted(r["decision_id"] for r in rows) == sorted(ranked)
-    salt = get_settings().borrower_salt
+    salt = get_settings().borrower_salt.get_secret_value()
     for row in rows:
         mine = ranked[row["decision_id"]]
         assert row["role"] == "primary" and row["touchpoint"] == "email"

@@ -240,6 +240,7 @@ def test_extra_params_reach_every_trial(
     sweep = run_sweep(
         ds["train"],
         ds["valid"],
+        spec=ds.spec,
         config=config,
         name="extra",
         storage_uri=str(tmp_path),

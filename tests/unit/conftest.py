@@ -3,7 +3,8 @@
 ``make test`` runs the unit and integration suites in one session, so the integration
 suite's cluster may be alive while unit tests run: refusing ``ray.init`` alone would let a
 unit test use that cluster through ``ray.get``, ``ray.put``, a remote call or Ray Data.
-Every one of those goes through the worker's ``check_connected``, so that is refused too.
+Every one of those goes through the worker's ``check_connected``, so that is refused too,
+and so is the runtime context (which reads a connected worker's ids without it).
 """
 
 from __future__ import annotations
@@ -24,3 +25,6 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ray, "init", _refuse)
     monkeypatch.setattr(worker, "init", _refuse)
     monkeypatch.setattr(worker.global_worker, "check_connected", _refuse)
+    # the runtime context reads a connected worker's ids without check_connected
+    monkeypatch.setattr(ray, "get_runtime_context", _refuse)
+    monkeypatch.setattr(ray.runtime_context, "get_runtime_context", _refuse)
