@@ -39,11 +39,11 @@ sys.path.insert(0, str(_ROOT / "platform"))
 
 def _one_seed(args: argparse.Namespace, seed: int, root: Path) -> list[dict[str, Any]]:
     from attune.data.pipeline import preprocess
-    from attune.data.simulator import GenerateConfig, generate
     from attune.demo.endpoints import LocalEndpoint
     from attune.demo.loop import Loop, LoopConfig, load_pool, simulator
     from attune.registry import Registry
     from attune.serving.model import OnnxScorer
+    from attune.simulator.generator import GenerateConfig, generate
     from attune.training.config import TuneConfig
     from attune.training.pipeline import train_and_register
 

@@ -75,7 +75,7 @@ def _say(message: str) -> None:
 def _history(work: Path, borrowers: int, months: int) -> tuple[str, datetime]:
     """A simulator history under ``work`` (generated once, reused); (its URI, its end)."""
     from attune import storage
-    from attune.data.simulator import GenerateConfig, generate
+    from attune.simulator.generator import GenerateConfig, generate
 
     out = work / f"history-{borrowers}x{months}"
     if not storage.exists(str(out / "manifest.json")):

@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for old in [*work.glob("b[0-9]*"), *work.glob("r[0-9]*")]:
         shutil.rmtree(old)
     if not (histories / "manifest.json").exists():
-        from attune.data.simulator import GenerateConfig, generate
+        from attune.simulator.generator import GenerateConfig, generate
 
         print(f"generating {args.borrowers:,} borrowers x {args.months} months under {work}")
         generate(

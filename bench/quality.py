@@ -68,7 +68,7 @@ def _winner_booster(trial: Any, best_round: int, store: str) -> Any:
 def _evaluate(booster: Any, dataset: Any, histories: str, seed: int) -> dict[str, Any]:
     import numpy as np
 
-    from attune.data.ground_truth import load_ground_truth, policy_values
+    from attune.simulator.ground_truth import load_ground_truth, policy_values
     from attune.training import evaluate
     from attune.training.policy_value import estimate_value, logged_slates
 

@@ -96,7 +96,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         if stage == "generate":
-            from attune.data.simulator import GenerateConfig, generate
+            from attune.simulator.generator import GenerateConfig, generate
 
             manifest = generate(
                 GenerateConfig(

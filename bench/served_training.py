@@ -68,11 +68,11 @@ def _serve(
     seed: int,
 ):
     """Decisions (decision-log frame) and the environment's events for them."""
-    from attune.data.environment import ServedSlate
-    from attune.data.logging_policy import sample_slates
     from attune.data.schema import OPTION_IDS, TOUCHPOINTS
     from attune.serving.decision_log import DecisionRecord, records_to_table
     from attune.serving.traffic import hash_borrower
+    from attune.simulator.environment import ServedSlate
+    from attune.simulator.logging_policy import sample_slates
 
     rng = np.random.default_rng(seed)
     s = env.states
@@ -128,13 +128,13 @@ def _serve(
 def run(args: argparse.Namespace) -> list[dict]:
     import ray
 
-    from attune.data.environment import SimulatorEnvironment
     from attune.data.pipeline import preprocess
     from attune.data.schema import OPTION_IDS
-    from attune.data.simulator import GenerateConfig, generate
     from attune.rewards.attribution import attribute_rewards, hash_events
     from attune.rewards.config import DEFAULT_CONFIG
     from attune.rewards.true_value import TrueValue, oracle_share
+    from attune.simulator.environment import SimulatorEnvironment
+    from attune.simulator.generator import GenerateConfig, generate
     from attune.training.dataset import load_dataset
     from attune.training.evaluate import presentations_from_split
     from attune.training.served import CORRECTIONS, combine, served_groups

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AppArgs": "attune.serving.config",
     "DemoConfig": "attune.demo.config",
-    "GenerateConfig": "attune.data.simulator",
+    "GenerateConfig": "attune.simulator.generator",
     "MaterializeConfig": "attune.data.materialize",
     "OnlineStore": "attune.online",
     "RedisOnlineStore": "attune.online.redis_store",
@@ -28,7 +28,7 @@ _LAZY: dict[str, str] = {
     "estimate_policy_value": "attune.experiments.ope",
     "feature_kernel": "attune.data.features",
     "materialize_online": "attune.online.materialize",
-    "generate": "attune.data.simulator",
+    "generate": "attune.simulator.generator",
     "preprocess": "attune.data.pipeline",
     "train_and_register": "attune.training.pipeline",
 }

@@ -112,6 +112,7 @@ def run(
 
 #: Modules that register sub-commands, in the order they appear in ``--help``.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "attune.simulator.commands",
     "attune.data.commands",
     "attune.online.commands",
     "attune.batch.commands",

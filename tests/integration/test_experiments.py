@@ -15,13 +15,13 @@ import pytest
 
 from attune import storage
 from attune.cli import main
-from attune.data.ground_truth import load_ground_truth
-from attune.data.logging_policy import slate_marginals
 from attune.data.reader import read_table
 from attune.data.schema import OPTION_IDS
-from attune.data.simulator import GenerateConfig, generate
 from attune.experiments.ope import estimate_policy_value
 from attune.serving.decision_log import DECISION_SCHEMA
+from attune.simulator.generator import GenerateConfig, generate
+from attune.simulator.ground_truth import load_ground_truth
+from attune.simulator.logging_policy import slate_marginals
 
 pytestmark = pytest.mark.integration
 

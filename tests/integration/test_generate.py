@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from attune import cli, storage
-from attune.data import ground_truth as gt
 from attune.data.schema import TABLES, validate_table
-from attune.data.simulator import SHARD_SIZE, GenerateConfig, generate
+from attune.simulator import ground_truth as gt
+from attune.simulator.generator import SHARD_SIZE, GenerateConfig, generate
 
 pytestmark = pytest.mark.integration
 

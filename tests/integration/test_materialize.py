@@ -23,8 +23,8 @@ from attune.data.materialize import (
 from attune.data.pipeline import SPLITS, PreprocessConfig, PreprocessResult, preprocess
 from attune.data.reader import read_history
 from attune.data.schema import EVENTS
-from attune.data.simulator import GenerateConfig, generate
 from attune.data.spec import BORROWER_FEATURES, default_spec
+from attune.simulator.generator import GenerateConfig, generate
 
 pytestmark = pytest.mark.integration
 FEATURES = list(BORROWER_FEATURES)

@@ -32,11 +32,11 @@ from attune.data.materialize import (
 from attune.data.pipeline import SPLITS, PreprocessConfig, preprocess
 from attune.data.reader import read_history
 from attune.data.schema import EVENTS, OPTION_IDS
-from attune.data.simulator import GenerateConfig, generate
 from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES
 from attune.online.events import MAX_EVENTS
 from attune.online.materialize import materialize_online
 from attune.serving.config import RolloutConfig
+from attune.simulator.generator import GenerateConfig, generate
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import (
     HttpResult,

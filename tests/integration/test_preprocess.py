@@ -23,9 +23,9 @@ from attune.data.pipeline import (
 )
 from attune.data.reader import read_history
 from attune.data.schema import PROTECTED_COLUMNS
-from attune.data.simulator import GenerateConfig, generate
 from attune.data.spec import FeatureSpec, default_spec
 from attune.errors import SchemaError
+from attune.simulator.generator import GenerateConfig, generate
 from attune.training.dataset import load_dataset
 from tests.histories import make_history, write_history
 

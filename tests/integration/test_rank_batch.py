@@ -24,11 +24,11 @@ from attune import storage
 from attune.batch.job import RankBatchResult, read_part
 from attune.cli import main as cli
 from attune.data.materialize import latest_snapshot, read_snapshot
-from attune.data.simulator import GenerateConfig, generate
 from attune.data.spec import BORROWER_FEATURES
 from attune.serving.config import RolloutConfig
 from attune.serving.traffic import hash_borrower
 from attune.settings import get_settings
+from attune.simulator.generator import GenerateConfig, generate
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import http, ranker_files, wait_http_ok
 

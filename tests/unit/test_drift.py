@@ -341,7 +341,7 @@ def _simulated_features(tmp_path: Path, seed: int) -> pd.DataFrame:
     import pyarrow.dataset as ds
 
     from attune.data.features import borrower_features
-    from attune.data.simulator import GenerateConfig, generate
+    from attune.simulator.generator import GenerateConfig, generate
 
     out = tmp_path / f"history-{seed}"
     generate(
@@ -362,7 +362,7 @@ def _poorer_and_less_engaged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shift the simulator's population: half the income, a third of the app engagement."""
     import dataclasses
 
-    from attune.data import _shard
+    from attune.simulator import _shard
 
     original = _shard.draw_population
 

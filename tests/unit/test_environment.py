@@ -1,4 +1,4 @@
-"""The simulator as an environment (attune.data.environment) and true values in reward units."""
+"""The simulator as an environment (attune.simulator.environment); true values in reward units."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attune.data.environment import ServedSlate, SimulatorEnvironment
 from attune.data.schema import OPTION_IDS, TOUCHPOINTS
-from attune.data.simulator import GenerateConfig, generate
 from attune.errors import InvalidInput
 from attune.online.events import ServicingEvent
 from attune.rewards.attribution import attribute_rewards, hash_events
@@ -18,6 +16,8 @@ from attune.rewards.config import DEFAULT_CONFIG
 from attune.rewards.true_value import ALL_SLATES, TrueValue, oracle_share
 from attune.serving.decision_log import DecisionRecord, records_to_table
 from attune.serving.traffic import hash_borrower
+from attune.simulator.environment import ServedSlate, SimulatorEnvironment
+from attune.simulator.generator import GenerateConfig, generate
 
 T = datetime(2026, 12, 4, 9, tzinfo=UTC)
 SALT = "env-salt"

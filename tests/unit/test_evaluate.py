@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from attune.data.ground_truth import GroundTruth
 from attune.data.schema import OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
 from attune.data.spec import BORROWER_FEATURES, FeatureSpec, default_spec
 from attune.errors import FeatureSpecMismatch, SchemaError
+from attune.simulator.ground_truth import GroundTruth
 from attune.training import evaluate
 from attune.training.dataset import RankingSplit
 

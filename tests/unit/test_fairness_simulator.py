@@ -25,10 +25,10 @@ import xgboost as xgb
 from attune.data.features import micros
 from attune.data.pipeline import PreprocessConfig, SplitPlan, ranking_rows
 from attune.data.reader import read_history, read_table
-from attune.data.simulator import GenerateConfig, generate
 from attune.data.spec import default_spec
 from attune.governance.fairness import fairness_report
 from attune.governance.gate import FairnessGateConfig, check_promotion
+from attune.simulator.generator import GenerateConfig, generate
 
 BORROWERS, MONTHS, SEED = 1_200, 6, 1
 #: The latest 40 % of the presentation time span is the evaluation split.

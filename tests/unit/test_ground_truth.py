@@ -1,4 +1,4 @@
-"""attune.data.ground_truth: true policy values from the simulator's ground truth."""
+"""attune.simulator.ground_truth: true policy values from the simulator's ground truth."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attune.data import ground_truth as gt
 from attune.data.schema import OPTION_IDS
 from attune.errors import InvalidInput, SchemaError, StoreNotFound
+from attune.simulator import ground_truth as gt
 
 BIAS = np.array([1.0, 0.65, 0.45])
 N_OPT = len(OPTION_IDS)

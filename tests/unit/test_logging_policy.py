@@ -1,12 +1,12 @@
-"""attune.data.logging_policy: legacy slates and their exact propensities."""
+"""attune.simulator.logging_policy: legacy slates and their exact propensities."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from attune.data import logging_policy as lp
 from attune.data.schema import CHANNELS, OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
+from attune.simulator import logging_policy as lp
 
 N_OPT = len(OPTION_IDS)
 #: Score rows spanning flat, peaked and tied preferences.

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from attune.data.ground_truth import load_ground_truth, policy_values
 from attune.errors import FeatureSpecMismatch
+from attune.simulator.ground_truth import load_ground_truth, policy_values
 from attune.training import policy_value as pv
 from attune.training.dataset import RankingSplit, load_dataset
 from tests.ranking_data import SyntheticRanking, write_synthetic_ranking

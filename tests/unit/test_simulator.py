@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from attune import cli
-from attune.data import _behaviour as bh
-from attune.data import ground_truth as gt
-from attune.data import simulator
 from attune.data.schema import OPTION_IDS, SLATE_SIZE, TABLES, validate_table
-from attune.data.simulator import GenerateConfig, generate
 from attune.errors import Conflict
+from attune.simulator import _behaviour as bh
+from attune.simulator import generator as simulator
+from attune.simulator import ground_truth as gt
+from attune.simulator.generator import GenerateConfig, generate
 
 BORROWERS, MONTHS, SEED = 1_000, 6, 7
 PAYMENTS = ("payment_on_time", "payment_late", "payment_partial")

@@ -57,7 +57,7 @@ class Paths:
 
 
 def generate(config: DemoConfig, paths: Paths, summary: Any) -> None:
-    from attune.data.simulator import GenerateConfig, generate
+    from attune.simulator.generator import GenerateConfig, generate
 
     manifest = generate(
         GenerateConfig(
@@ -290,7 +290,7 @@ class Traffic:
     def prepare(cls, config: DemoConfig, paths: Paths, *, port: int) -> Traffic:
         import numpy as np
 
-        from attune.data.ground_truth import load_ground_truth
+        from attune.simulator.ground_truth import load_ground_truth
         from attune.training.dataset import load_dataset
 
         dataset = load_dataset(paths.features, splits=("test",))

@@ -12,7 +12,7 @@ seeded runs). Either way decisions go to ``<store>/decisions``, posted events to
 ``<store>/events_online`` and reward rows to ``<store>/rewards``, through the same
 writers, attribution and gate as production. The borrowers are held-out presentations
 of the simulator (test split): each request carries the borrower's state at that
-presentation, and :class:`attune.data.environment.SimulatorEnvironment` answers every
+presentation, and :class:`attune.simulator.environment.SimulatorEnvironment` answers every
 served slate from the simulator's ground truth for it. Values are priced exactly in
 reward units by :class:`attune.rewards.true_value.TrueValue`. Every phase draws
 borrowers not served before in the loop, so an event can only be credited to the
@@ -35,12 +35,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from attune import storage
-from attune.data.environment import ServedSlate, SimulatorEnvironment
-from attune.data.ground_truth import share_of_oracle_lift
 from attune.data.schema import OPTION_IDS, SLATE_SIZE
 from attune.experiments.exploration import ExplorationConfig
 from attune.rewards.true_value import TrueValue
 from attune.serving.config import RolloutConfig
+from attune.simulator.environment import ServedSlate, SimulatorEnvironment
+from attune.simulator.ground_truth import share_of_oracle_lift
 
 
 class LoopConfig(BaseModel):

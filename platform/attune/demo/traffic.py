@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attune.data.ground_truth import GroundTruth
 from attune.data.schema import OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
 from attune.data.spec import BORROWER_FEATURES, FeatureSpec
+from attune.simulator.ground_truth import GroundTruth
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """True policy values in reward units: what ``attune outcomes`` pays, in expectation.
 
-:class:`TrueValue` computes, for a :class:`attune.data.environment.SimulatorEnvironment`
+:class:`TrueValue` computes, for a :class:`attune.simulator.environment.SimulatorEnvironment`
 and a :class:`RewardConfig`, the exact expected total reward of a served slate: the sum
 over its rows of what :func:`attune.rewards.attribution.attribute_rewards` would write,
 averaged over the environment's random answer.
@@ -9,7 +9,7 @@ How. Each shown position ends in one of four states (not engaged; engaged, not
 completed; completed, no cure; completed and cured), with probabilities from the
 presentation's ground truth; a slate of three has 4**3 = 64 joint outcomes. The reward of
 every (ordered slate, delinquent or not, outcome) is computed once by running the real
-attribution on the events :func:`attune.data.environment.response_events` emits for it
+attribution on the events :func:`attune.simulator.environment.response_events` emits for it
 (336 ordered slates x 2 x 64 synthetic decisions), so the expectation follows the
 reward definition exactly, including its imperfections (a cure payment that another
 option caused also credits a shown, uncompleted pay-now). Per presentation the expected
@@ -31,17 +31,17 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from attune.data.environment import (
+from attune.data.schema import OPTION_IDS, SLATE_SIZE
+from attune.errors import InvalidInput
+from attune.rewards.attribution import attribute_rewards
+from attune.rewards.config import RewardConfig
+from attune.simulator.environment import (
     PresentationStates,
     ServedSlate,
     SimulatorEnvironment,
     response_events,
 )
-from attune.data.ground_truth import share_of_oracle_lift, top_k_slates
-from attune.data.schema import OPTION_IDS, SLATE_SIZE
-from attune.errors import InvalidInput
-from attune.rewards.attribution import attribute_rewards
-from attune.rewards.config import RewardConfig
+from attune.simulator.ground_truth import share_of_oracle_lift, top_k_slates
 
 _N = len(OPTION_IDS)
 #: Every ordered slate of SLATE_SIZE distinct options, (336, 3).
@@ -183,7 +183,7 @@ class TrueValue:
 
     def slate_values(self, slates: Sequence[ServedSlate]) -> np.ndarray:
         """Expected total reward of each served slate (its presentation's ground truth)."""
-        from attune.data.environment import slate_indices
+        from attune.simulator.environment import slate_indices
 
         rows = np.array([self.env.row_of(s) for s in slates], dtype=np.int64)
         idx = np.stack([slate_indices(s.options) for s in slates]) if slates else np.empty((0, 3))

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attune.data.ground_truth import GroundTruth
 from attune.data.schema import OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
 from attune.data.spec import BORROWER_FEATURES, CONTEXT_FEATURES, FeatureSpec
 from attune.errors import FeatureSpecMismatch, SchemaError
+from attune.simulator.ground_truth import GroundTruth
 from attune.training.dataset import RankingSplit
 
 #: A row is "completed" (relevant for MAP, precision and recall) at this label or above.
@@ -232,11 +232,11 @@ def policy_evaluation(
 
     The model's slate is its top three candidates by ``score`` (best at position 1);
     random, legacy (the logged slates), best fixed and oracle are priced by
-    :func:`attune.data.ground_truth.policy_values`. Raises :class:`FeatureSpecMismatch`
+    :func:`attune.simulator.ground_truth.policy_values`. Raises :class:`FeatureSpecMismatch`
     when the candidates are not in catalog order and :class:`SchemaError` when a logged
     slate is incomplete.
     """
-    from attune.data.ground_truth import best_fixed_slate, policy_values, share_of_oracle_lift
+    from attune.simulator.ground_truth import best_fixed_slate, policy_values, share_of_oracle_lift
 
     if tuple(presentations.options) != OPTION_IDS:
         raise FeatureSpecMismatch(

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attune import storage
-from attune.data.ground_truth import load_ground_truth
 from attune.errors import ConfigError
 from attune.settings import get_settings
+from attune.simulator.ground_truth import load_ground_truth
 from attune.training import evaluate
 from attune.training.config import TuneConfig
 from attune.training.dataset import RankingDataset, load_dataset
@@ -227,7 +227,7 @@ def _policy_value_estimates(
     Each split also gets its ``true`` value from the ground truth (which is reported
     here and never used to select) and whether the interval covers it.
     """
-    from attune.data.ground_truth import policy_values
+    from attune.simulator.ground_truth import policy_values
     from attune.training.policy_value import estimate_value, logged_slates
 
     out: dict[str, Any] = {}

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from attune.data.ground_truth import top_k_slates
 from attune.data.schema import SLATE_SIZE
 from attune.data.spec import FeatureSpec
 from attune.errors import FeatureSpecMismatch
 from attune.experiments.ope import PolicyEstimate, estimate_policy_value
+from attune.simulator.ground_truth import top_k_slates
 from attune.training.dataset import RankingSplit
 from attune.training.evaluate import Presentations, presentations_from_split
 

@@ -6,7 +6,7 @@ Each month ``m`` is one billing cycle per borrower, anchored on the due date ``D
     D-14d ........ D-6h .. D ...... D+1d ............. D+13d18h ... D+20d .. D+27d18h = E
     logins, outreach, hardship flags, autopay-off
                    on-time payments  installment_due
-                                       slates (attune.data._servicing), collection outreach
+                                       slates (attune.simulator._servicing), collection outreach
                                                                  partial / late / missed
                                                                  payments, charge-off,
                                                                  payoff (by E)
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from attune.data import _behaviour as bh
-from attune.data._events import EVENT_CODE, EventLog, concat_rows, presentation_tables
-from attune.data._population import DAY, HOUR, Population, draw_population
-from attune.data._servicing import NO_CURE, ServicingWindow
 from attune.data.schema import CHANNELS
+from attune.simulator import _behaviour as bh
+from attune.simulator._events import EVENT_CODE, MonthEvents, concat_rows, presentation_tables
+from attune.simulator._population import DAY, HOUR, Population, draw_population
+from attune.simulator._servicing import NO_CURE, ServicingWindow
 
 #: The cycle ends this long after the due date.
 _CYCLE_END = 27 * DAY + 18 * HOUR
@@ -111,7 +111,7 @@ class ShardSimulator:
         """Due timestamp of in-history installment ``k`` (per borrower)."""
         return self.month_ts[k] + (self.pop.due_day - 1) * DAY
 
-    def _count(
+    def count(
         self, keys: np.ndarray, idx: np.ndarray, lo: np.ndarray, hi: np.ndarray
     ) -> np.ndarray:
         """Events per borrower ``idx`` with ``lo <= ts < hi``."""
@@ -127,7 +127,7 @@ class ShardSimulator:
 
     def _cycle(self, m: int) -> CycleOutput:
         rng, pop, n = self.rng, self.pop, self.plan.size
-        log = EventLog()
+        log = MonthEvents()
         act = self.active.copy()
         due = self._due(np.full(n, m))
         history_start = int(self.month_ts[0])
@@ -206,7 +206,7 @@ class ShardSimulator:
 
     def _engagement(
         self,
-        log: EventLog,
+        log: MonthEvents,
         act: np.ndarray,
         delinquent: np.ndarray,
         due: np.ndarray,
@@ -247,14 +247,14 @@ class ShardSimulator:
             sent.append((i, t))
         sent_idx = np.concatenate([s[0] for s in sent])
         sent_ts = np.concatenate([s[1] for s in sent])
-        return self._raw_keys(*logins), self._raw_keys(sent_idx, sent_ts)
+        return self.raw_keys(*logins), self.raw_keys(sent_idx, sent_ts)
 
-    def _raw_keys(self, idx: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    def raw_keys(self, idx: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return (idx.astype(np.int64) << 32) + (ts - self.t0)
 
     def _close_cycle(
         self,
-        log: EventLog,
+        log: MonthEvents,
         act: np.ndarray,
         unresolved: np.ndarray,
         arrears_before: np.ndarray,

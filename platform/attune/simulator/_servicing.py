@@ -19,18 +19,15 @@ least ``D+28d`` away, no outcome window straddles an installment.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from attune.data import _behaviour as bh
-from attune.data._events import EVENT_CODE, EventLog, PresentationRows, presentation_id
-from attune.data._population import DAY, HOUR
-from attune.data.logging_policy import legacy_scores, sample_slates
 from attune.data.schema import TOUCHPOINTS
-
-if TYPE_CHECKING:
-    from attune.data._shard import ShardSimulator
+from attune.simulator import _behaviour as bh
+from attune.simulator._events import EVENT_CODE, MonthEvents, PresentationRows, presentation_id
+from attune.simulator._population import DAY, HOUR, Population
+from attune.simulator.logging_policy import legacy_scores, sample_slates
 
 _E = EVENT_CODE
 _MAX_PRESENTATIONS = 3
@@ -42,6 +39,44 @@ _NO_DAY = 10_000
 #: A plan runs for this many cycles after the one it was accepted in.
 PLAN_CYCLES = 3
 NO_CURE = np.iinfo(np.int64).max
+
+
+class _ShardShape(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def epsilon(self) -> float: ...
+
+
+class ShardState(Protocol):
+    """What a servicing window reads and updates of its shard (a ``ShardSimulator``)."""
+
+    rng: np.random.Generator
+    pop: Population
+    month_ts: np.ndarray
+    autopay: np.ndarray
+    tau: np.ndarray
+    stress: np.ndarray
+    paid: np.ndarray
+    hardship_ts: np.ndarray
+    reminders: np.ndarray
+    plan_left: np.ndarray
+    prev_logins: np.ndarray
+    prev_contacts: np.ndarray
+
+    @property
+    def plan(self) -> _ShardShape: ...
+
+    def count(
+        self, keys: np.ndarray, idx: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> np.ndarray:
+        """Events per borrower ``idx`` with ``lo <= ts < hi``."""
+        ...
+
+    def raw_keys(self, idx: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Window-count keys of events ``(idx, ts)``."""
+        ...
 
 
 class CureState:
@@ -64,10 +99,10 @@ class ServicingWindow:
 
     def __init__(
         self,
-        sim: ShardSimulator,
+        sim: ShardState,
         *,
         month: int,
-        log: EventLog,
+        log: MonthEvents,
         due: np.ndarray,
         dues: np.ndarray,
         delinquent: np.ndarray,
@@ -103,7 +138,7 @@ class ServicingWindow:
         ia, ja = np.nonzero(shown & (touch == TOUCHPOINTS.index("app")))
         login_ts = times[ia, ja] - rng.integers(60, 600, ia.size)
         log.add(ia, login_ts, _E["login"])
-        this_logins = np.concatenate([login_keys, sim._raw_keys(ia, login_ts)])
+        this_logins = np.concatenate([login_keys, sim.raw_keys(ia, login_ts)])
         logins = np.sort(np.concatenate([sim.prev_logins, this_logins]))
         contacts = np.sort(np.concatenate([sim.prev_contacts, contact_keys]))
         sim.prev_logins, sim.prev_contacts = this_logins, contact_keys
@@ -146,9 +181,9 @@ class ServicingWindow:
             income_volatility=pop.volatility[r],
             hardship=hardship,
             affinity=pop.affinity[r],
-            logins_30d=sim._count(logins, r, t - 30 * DAY, t),
-            contacts_7d=sim._count(contacts, r, t - 7 * DAY, t),
-            contacts_30d=sim._count(contacts, r, t - 30 * DAY, t),
+            logins_30d=sim.count(logins, r, t - 30 * DAY, t),
+            contacts_7d=sim.count(contacts, r, t - 7 * DAY, t),
+            contacts_30d=sim.count(contacts, r, t - 30 * DAY, t),
             touchpoint=touch,
             cure_certain=certain,
             cure_hazard=hazard[r],

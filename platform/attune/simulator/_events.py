@@ -49,7 +49,7 @@ def _labels(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(indices, pa.array(names)).cast(pa.string())
 
 
-class EventLog:
+class MonthEvents:
     """Append-only column chunks of one month's events (borrower index, not id)."""
 
     def __init__(self) -> None:

@@ -16,9 +16,9 @@ or the run is large (>= :data:`RAY_MIN_BORROWERS`), otherwise in-process; each w
 its files month by month, so memory is bounded by one shard-month.
 
 The behaviour model (who responds to which option) lives in
-:mod:`attune.data._behaviour`, the legacy logging policy in
-:mod:`attune.data.logging_policy`, the month-by-month dynamics in
-:mod:`attune.data._shard`. The manifest reports the true value of the reference
+:mod:`attune.simulator._behaviour`, the legacy logging policy in
+:mod:`attune.simulator.logging_policy`, the month-by-month dynamics in
+:mod:`attune.simulator._shard`. The manifest reports the true value of the reference
 policies, including the best fixed ranking's share of the oracle's lift over random.
 """
 
@@ -33,10 +33,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attune import storage
-from attune.data import ground_truth as gt
-from attune.data._behaviour import POSITION_BIAS
 from attune.data.schema import OPTION_IDS, SCHEMA_VERSION, validate_table
 from attune.errors import Conflict
+from attune.simulator import ground_truth as gt
+from attune.simulator._behaviour import POSITION_BIAS
 
 #: Borrowers per shard. Fixed: changing it changes every history.
 SHARD_SIZE = 5_000
@@ -198,8 +198,8 @@ def _run_on_ray(config: GenerateConfig, advance: Any) -> list[ShardSummary]:
 
 def simulate_shard(config: GenerateConfig, shard: int) -> ShardSummary:
     """Simulate shard ``shard`` of ``config`` and write its files; returns its summary."""
-    from attune.data._population import static_tables
-    from attune.data._shard import ShardPlan, ShardSimulator
+    from attune.simulator._population import static_tables
+    from attune.simulator._shard import ShardPlan, ShardSimulator
 
     first = shard * SHARD_SIZE
     plan = ShardPlan(

@@ -52,11 +52,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from attune import storage
-from attune.data._behaviour import POSITION_BIAS
-from attune.data.ground_truth import GROUND_TRUTH_DIR, VALUES_DIR
 from attune.data.reader import list_history, read_file
 from attune.data.schema import CHANNELS, OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
 from attune.errors import InvalidInput
+from attune.simulator._behaviour import POSITION_BIAS
+from attune.simulator.ground_truth import GROUND_TRUTH_DIR, VALUES_DIR
 
 _N = len(OPTION_IDS)
 _O = {o: i for i, o in enumerate(OPTION_IDS)}

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attune.data._behaviour import AUTOPAY, DUE_DATE, HARDSHIP, PAY_NOW, PLAN, REMINDERS
 from attune.data.schema import CHANNELS, OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
+from attune.simulator._behaviour import AUTOPAY, DUE_DATE, HARDSHIP, PAY_NOW, PLAN, REMINDERS
 
 #: Default share of uniformly random (exploration) slates.
 DEFAULT_EPSILON = 0.2
