@@ -8,6 +8,7 @@ report them without parsing messages. Categories map to HTTP status codes::
     ├── InvalidInput                    (422)  bad data, config or request
     │   ├── SchemaError                        a table/file violates the history schema
     │   ├── ConfigError                        a config value is out of range
+    │   ├── ArgumentError                      a function argument has a bad shape or value
     │   └── FeatureSpecMismatch                features do not match a feature spec
     ├── NotFound                        (404)
     │   ├── StoreNotFound                      bucket / key / path missing
@@ -19,13 +20,18 @@ report them without parsing messages. Categories map to HTTP status codes::
     ├── Unavailable                     (503)  a dependency is down after retries
     │   ├── StoreUnavailable
     │   └── ArtifactCorrupted                  a stored file does not match its manifest
+    ├── Unauthorized                    (401)  no valid bearer token
     └── Forbidden                       (403)
-        └── StoreAccessDenied
+        ├── StoreAccessDenied
+        └── InsufficientScope                  a valid token without the route's scope
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: The realm of the serving API's bearer-token challenges (RFC 6750).
+BEARER_REALM = "attune"
 
 
 class AttuneError(Exception):
@@ -104,6 +110,18 @@ class ConfigError(InvalidInput):
         problem = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         value = first.get("input") if first["loc"] else None  # not the whole input object
         return cls(field=field, value=value, problem=problem)
+
+
+class ArgumentError(InvalidInput):
+    """An argument of a library function has a bad shape, type or value."""
+
+    def __init__(self, *, argument: str, value: Any, problem: str) -> None:
+        super().__init__(
+            f"{argument}: {problem} (got {value!r})",
+            argument=argument,
+            value=value,
+            problem=problem,
+        )
 
 
 class FeatureSpecMismatch(InvalidInput):
@@ -192,3 +210,26 @@ class ArtifactCorrupted(Unavailable):
 class StoreAccessDenied(Forbidden):
     def __init__(self, *, uri: str) -> None:
         super().__init__(f"{uri}: access denied", uri=uri)
+
+
+class InsufficientScope(Forbidden):
+    """A valid token without the scope the route needs (HTTP 403)."""
+
+    def __init__(self, *, scope: str) -> None:
+        super().__init__(f"forbidden: this token lacks the {scope!r} scope", scope=scope)
+        self.headers = {
+            "WWW-Authenticate": f'Bearer realm="{BEARER_REALM}", error="insufficient_scope", '
+            f'scope="{scope}"'
+        }
+
+
+class Unauthorized(AttuneError):
+    """A protected route was called without a valid bearer token (HTTP 401)."""
+
+    status_code = 401
+
+    def __init__(self, *, problem: str) -> None:
+        super().__init__(f"unauthorized: {problem}", problem=problem)
+        error = "invalid_request" if "missing" in problem else "invalid_token"
+        #: Response headers the ingress sends with the error (RFC 6750 section 3).
+        self.headers = {"WWW-Authenticate": f'Bearer realm="{BEARER_REALM}", error="{error}"'}

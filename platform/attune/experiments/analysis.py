@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from attune.experiments.validation import ArgumentError, as_array, check_length
+from attune.errors import ArgumentError
+from attune.experiments.validation import as_array, check_length
 
 #: Sample-ratio mismatch is flagged below this chi-square p-value (a common industry bar:
 #: strict enough that a flag means a broken pipeline, not bad luck).

@@ -30,7 +30,7 @@ from itertools import accumulate
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from attune.experiments.validation import ArgumentError
+from attune.errors import ArgumentError
 
 _MANTISSA_BITS = 53  # a float64 holds 53 bits exactly, so the bucket is never rounded up to 1.0
 _SCALE = float(1 << _MANTISSA_BITS)

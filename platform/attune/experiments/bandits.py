@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from attune.errors import ArgumentError
 from attune.experiments.policy_config import (
     EpsilonGreedyConfig,
     LinearThompsonConfig,
@@ -47,7 +48,7 @@ from attune.experiments.policy_config import (
     SoftmaxConfig,
     ThompsonConfig,
 )
-from attune.experiments.validation import ArgumentError, as_array
+from attune.experiments.validation import as_array
 
 #: Above this many placed-candidate sets, sequential marginals use Monte Carlo.
 EXACT_STATE_LIMIT = 20_000

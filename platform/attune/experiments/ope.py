@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attune.errors import ArgumentError
 from attune.experiments.validation import (
-    ArgumentError,
     as_array,
     as_index_array,
     check_length,

@@ -21,10 +21,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
-from attune.errors import SchemaError, StoreNotFound
+from attune.errors import ArgumentError, SchemaError, StoreNotFound
 from attune.experiments.analysis import Moments, compare, srm_check
 from attune.experiments.sequential import Look, sequential_lift
-from attune.experiments.validation import ArgumentError
 
 _SUMS = ("y", "y2", "x", "x2", "xy")
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from attune.errors import ArgumentError
 from attune.experiments.analysis import Moments, compare
-from attune.experiments.validation import ArgumentError
 
 
 def mixture_tau2(*, alpha: float, variance_at_horizon: float) -> float:

@@ -1,4 +1,4 @@
-"""Argument checks shared by the experiments modules, and the error they raise.
+"""Argument checks shared by the experiments modules.
 
 Every check raises :class:`ArgumentError` (an :class:`attune.errors.InvalidInput`, so
 HTTP 422 and CLI exit status 4) naming the argument, the offending value (or a short
@@ -11,19 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from attune.errors import InvalidInput
-
-
-class ArgumentError(InvalidInput):
-    """An argument of an experiments function has a bad shape, type or value."""
-
-    def __init__(self, *, argument: str, value: Any, problem: str) -> None:
-        super().__init__(
-            f"{argument}: {problem} (got {value!r})",
-            argument=argument,
-            value=value,
-            problem=problem,
-        )
+from attune.errors import ArgumentError
 
 
 def as_array(value: Any, *, argument: str, ndim: int | tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -106,7 +106,7 @@ class StateSink:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OnlineSnapshot:
     """What a materialization into the online store did."""
 
@@ -209,6 +209,8 @@ def materialize_online(
             seconds,
             replayed,
         )
-        return OnlineSnapshot(info, meta, previous, replayed, seconds)
+        return OnlineSnapshot(
+            info=info, meta=meta, previous=previous, replayed=replayed, seconds=seconds
+        )
     finally:
         keyspace.close()

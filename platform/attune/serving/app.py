@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from attune.serving.config import AppArgs
+from attune.serving.config import INGRESS_NAME, AppArgs
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -58,8 +58,6 @@ def app_config(
     ingress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One application entry of a Serve config for this app (``ingress`` = deployment options)."""
-    from attune.serving.ingress import INGRESS_NAME
-
     args = AppArgs.model_validate(args)
     entry: dict[str, Any] = {
         "name": name,

@@ -55,14 +55,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from attune import storage
-from attune.errors import AttuneError, ConfigError, Forbidden
+from attune.errors import ConfigError, InsufficientScope, Unauthorized
 from attune.settings import DEFAULT_BORROWER_SALT, MIN_BORROWER_SALT_LENGTH, get_settings
 
 log = logging.getLogger(__name__)
 
 #: Shortest token accepted: a guessable secret is no secret.
 MIN_TOKEN_LENGTH = 16
-REALM = "attune"
 
 Scope = Literal["rank", "features", "events"]
 SCOPES: tuple[Scope, ...] = ("rank", "features", "events")
@@ -123,29 +122,6 @@ class ScopedToken(BaseModel):
     scopes: tuple[Scope, ...] = Field(
         default=SCOPES, min_length=1, description="Routes it may call."
     )
-
-
-class Unauthorized(AttuneError):
-    """A protected route was called without a valid bearer token (HTTP 401)."""
-
-    status_code = 401
-
-    def __init__(self, *, problem: str) -> None:
-        super().__init__(f"unauthorized: {problem}", problem=problem)
-        error = "invalid_request" if "missing" in problem else "invalid_token"
-        #: Response headers the ingress sends with the error (RFC 6750 section 3).
-        self.headers = {"WWW-Authenticate": f'Bearer realm="{REALM}", error="{error}"'}
-
-
-class InsufficientScope(Forbidden):
-    """A valid token without the scope the route needs (HTTP 403)."""
-
-    def __init__(self, *, scope: str) -> None:
-        super().__init__(f"forbidden: this token lacks the {scope!r} scope", scope=scope)
-        self.headers = {
-            "WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope", '
-            f'scope="{scope}"'
-        }
 
 
 def _checked(token: str, field: str) -> bytes:

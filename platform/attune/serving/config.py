@@ -20,6 +20,9 @@ from attune.serving.auth import AuthConfig
 from attune.serving.guardrails import GuardrailBounds
 from attune.settings import get_settings
 
+#: The name of the ingress deployment in a Serve config (the one ``user_config`` lives on).
+INGRESS_NAME = "RankingIngress"
+
 
 class RolloutConfig(BaseModel):
     """The live rollout state (the ingress's ``user_config``)."""

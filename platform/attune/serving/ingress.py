@@ -58,14 +58,13 @@ from attune.serving.api import (
     RankRequest,
     RankResponse,
 )
-from attune.serving.config import AppArgs, RolloutConfig
+from attune.serving.config import INGRESS_NAME, AppArgs, RolloutConfig
 from attune.serving.decision_log import DecisionLog, ParquetSink
 from attune.serving.redact import redact_locations
 from attune.serving.service import Explainer, RankingService
 
 log = logging.getLogger(__name__)
 
-INGRESS_NAME = "RankingIngress"
 #: Seconds a client waits before its one retry of a 503 (the Retry-After header).
 RETRY_AFTER_S = "1"
 #: Dependencies of every route that needs the bearer token (attune.serving.auth).

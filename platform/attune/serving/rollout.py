@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attune.errors import ConfigError, NotFound
-from attune.serving.config import AppArgs, RolloutConfig
-from attune.serving.ingress import INGRESS_NAME
+from attune.serving.config import INGRESS_NAME, AppArgs, RolloutConfig
 from attune.serving.model import OnnxScorer
 from attune.serving.serve_api import ServeREST, ServeTarget
 

@@ -93,7 +93,7 @@ class _Counters:
     errors: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _State:
     config: RolloutConfig
     champion: OnnxScorer
@@ -104,7 +104,7 @@ class _State:
     explorer: Explorer | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Job:
     kind: str  # "shadow" or "paired"
     decision_id: str

@@ -59,7 +59,7 @@ class ShardPlan:
     epsilon: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CycleOutput:
     """The tables of one simulated month, truncated at the end of the history."""
 
@@ -202,7 +202,14 @@ class ShardSimulator:
         presentations, values, matrix, slates = presentation_tables(
             concat_rows(rows), borrower_ids=pop.ids, loan_ids=pop.loan_ids, end_ts=self.end_ts
         )
-        return CycleOutput(m, events, presentations, values, matrix, slates)
+        return CycleOutput(
+            month=m,
+            events=events,
+            presentations=presentations,
+            values=values,
+            value_matrix=matrix,
+            slates=slates,
+        )
 
     def _engagement(
         self,

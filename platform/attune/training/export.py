@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attune.errors import ConfigError, FeatureSpecMismatch, InvalidInput, ParityError
+from attune.training.search_space import OBJECTIVES
 
 if TYPE_CHECKING:
     import xgboost
@@ -52,9 +53,7 @@ OUTPUT_NAME = "score"
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
 DEFAULT_TOLERANCE = 1e-4
 #: Objectives whose prediction is the raw margin (identity link), which the export keeps.
-IDENTITY_OBJECTIVES: frozenset[str] = frozenset(
-    {"rank:ndcg", "rank:pairwise", "rank:map", "reg:squarederror"}
-)
+IDENTITY_OBJECTIVES: frozenset[str] = frozenset({*OBJECTIVES, "reg:squarederror"})
 
 Exporter = Callable[..., bytes]
 

@@ -15,14 +15,16 @@ both readings are valid for every sampled value.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from attune.errors import ConfigError
 
+#: XGBoost's learning-to-rank objectives: the one list of them.
+RankingObjective = Literal["rank:ndcg", "rank:pairwise", "rank:map"]
 #: Ranking objectives the sweep chooses among.
-OBJECTIVES: tuple[str, ...] = ("rank:ndcg", "rank:pairwise", "rank:map")
+OBJECTIVES: tuple[str, ...] = get_args(RankingObjective)
 #: LambdaMART pair construction methods.
 PAIR_METHODS: tuple[str, ...] = ("topk", "mean")
 #: Validation metrics XGBoost computes each round; the last one drives early stopping.
@@ -44,9 +46,7 @@ class RankerParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    objective: Literal["rank:ndcg", "rank:pairwise", "rank:map"] = Field(
-        description="XGBoost learning-to-rank objective."
-    )
+    objective: RankingObjective = Field(description="XGBoost learning-to-rank objective.")
     lambdarank_pair_method: Literal["topk", "mean"] = Field(
         description="How LambdaMART builds document pairs inside a group."
     )
