@@ -255,6 +255,30 @@ def pyarrow_filesystem(uri: str) -> tuple[Any, str]:
     return pafs.S3FileSystem(**kwargs), uri[len("s3://") :]
 
 
+def batch_name(writer_id: str, seq: int) -> str:
+    """The file name (no suffix) of a writer's ``seq``-th batch, unique across restarts."""
+    return f"{writer_id}-{seq:08d}-{uuid.uuid4().hex[:6]}"
+
+
+def write_parquet(table: Any, uri: str) -> None:
+    """Write ``table`` as the parquet file ``uri``, all or nothing.
+
+    On S3 one PUT is atomic; locally the file is written beside (a dot-file, which
+    readers skip) and renamed, so a reader never sees half a file.
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = pyarrow_filesystem(uri)
+    if is_s3(uri):
+        pq.write_table(table, path, filesystem=fs)
+        return
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    tmp = f"{folder}/.{name}.tmp"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, path)
+
+
 def ray_read_args(uri: str) -> dict[str, Any]:
     """Keyword arguments for ``ray.data.read_*``/``write_*``: ``paths`` and ``filesystem``."""
     fs, path = pyarrow_filesystem(uri)

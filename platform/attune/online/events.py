@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -246,19 +245,11 @@ class EventLog:
         months = batch["ts"].dt.strftime("%Y-%m")
         for month, rows in batch.groupby(months, sort=True):
             self._seq += 1
-            name = f"{self._writer_id}-{self._seq:08d}-{uuid.uuid4().hex[:6]}.parquet"
-            uri = storage.join(self.root, f"month={month}", name)
-            table = pa.Table.from_pandas(rows, schema=EVENTS, preserve_index=False)
-            fs, path = storage.pyarrow_filesystem(uri)
-            if storage.is_s3(uri):
-                pq.write_table(table, path, filesystem=fs)  # one PUT: all or nothing
-                continue
-            # Locally, write beside and rename so a reader never sees half a file.
-            folder = path.rsplit("/", 1)[0]
-            fs.create_dir(folder, recursive=True)
-            tmp = f"{folder}/.{name}.tmp"
-            pq.write_table(table, tmp, filesystem=fs)
-            fs.move(tmp, path)
+            name = storage.batch_name(self._writer_id, self._seq)
+            uri = storage.join(self.root, f"month={month}", f"{name}.parquet")
+            storage.write_parquet(
+                pa.Table.from_pandas(rows, schema=EVENTS, preserve_index=False), uri
+            )
 
 
 def read_logged_events(store: str, *, since: datetime) -> pd.DataFrame:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,18 +136,8 @@ class ParquetSink:
         self.root = storage.join(root, "decisions")
 
     def write(self, table: pa.Table, *, date: str, name: str) -> str:
-        import pyarrow.parquet as pq
-
         uri = storage.join(self.root, f"date={date}", f"{name}.parquet")
-        fs, path = storage.pyarrow_filesystem(uri)
-        if storage.is_s3(uri):
-            pq.write_table(table, path, filesystem=fs)  # one PUT: all or nothing
-            return uri
-        # Locally, write beside and rename so a reader never sees half a file.
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = path.rsplit("/", 1)[0] + f"/.{name}.tmp"
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, path)
+        storage.write_parquet(table, uri)
         return uri
 
 
@@ -274,7 +263,7 @@ class DecisionLog:
             by_date.setdefault(record.date, []).append(record)
         for date, group in sorted(by_date.items()):
             self._seq += 1
-            name = f"{self._writer_id}-{self._seq:08d}-{uuid.uuid4().hex[:6]}"
+            name = storage.batch_name(self._writer_id, self._seq)
             self._sink.write(records_to_table(group), date=date, name=name)
 
     def _requeue(self, batch: list[tuple[float, DecisionRecord]], exc: Exception) -> None:

@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query
@@ -407,20 +407,26 @@ class RankingIngress:
         )
         self._worker.start()
 
-    async def _guarded(self, work: Awaitable[None]) -> None:
+    @contextlib.contextmanager
+    def _failure_surfaced(self, what: str) -> Iterator[None]:
+        """Record a failure of background work ``what`` for :meth:`check_health` (not raised)."""
         try:
-            await work
+            yield
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced through check_health
-            log.exception("background task failed")
+            log.exception("%s failed", what)
             self._failure = exc
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        with self._failure_surfaced("background task"):
+            await work
 
     def _after_answers(self) -> None:
         """The worker thread: run queued shadow / paired jobs until the replica stops."""
         with contextlib.suppress(OSError):  # lower this thread's priority only (Linux)
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), AFTER_ANSWERS_NICE)
-        try:
+        with self._failure_surfaced("after-answer worker"):
             while not self._stopping.is_set() or (
                 self._service_or_none is not None and self._service_or_none.pending
             ):
@@ -431,9 +437,6 @@ class RankingIngress:
                 service = self._service_or_none
                 while service is not None and service.pending:
                     service.run_background(check=False)
-        except BaseException as exc:  # surfaced through check_health
-            log.exception("after-answer worker failed")
-            self._failure = exc
 
     async def _housekeeping(self) -> None:
         interval = self._args.decision_log.max_age_s / 4
