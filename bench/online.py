@@ -22,7 +22,7 @@ All in one run, every figure next to a baseline measured in the same run:
    ``--rounds`` rounds (median).
 2. **Materialization** of a ``--borrowers`` x ``--months`` history (generated once into
    ``--work`` and reused) on the same local Ray (``--cpus``), after a warm-up run on the
-   small history: borrowers/s of ``attune.online.materialize.materialize_online``
+   small history: borrowers/s of ``attune.online.snapshot.materialize_online``
    against the parquet-only ``attune.data.materialize.materialize`` of the same history
    (``--rounds`` of each, the order alternating, medians); Redis memory per
    borrower (``SnapshotKeyspace.memory_per_borrower(sample=1000)`` and the
@@ -260,7 +260,7 @@ def _ranking(
 
     from attune.data.materialize import MaterializeConfig
     from attune.data.spec import default_spec
-    from attune.online.materialize import materialize_online
+    from attune.online.snapshot import materialize_online
     from attune.registry import Registry
 
     store = str(work / "serve-store")
@@ -328,8 +328,8 @@ def _materialization(
 
     from attune.data.materialize import MaterializeConfig, materialize
     from attune.data.spec import default_spec
-    from attune.online.materialize import materialize_online
     from attune.online.redis_store import SnapshotKeyspace
+    from attune.online.snapshot import materialize_online
 
     # Ray Data's first run on a cluster costs several seconds more than the next ones
     # (worker start-up), and Serve's replicas just left: warm up with the same config

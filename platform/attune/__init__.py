@@ -27,7 +27,7 @@ _LAZY: dict[str, str] = {
     "TuneConfig": "attune.training.config",
     "estimate_policy_value": "attune.experiments.ope",
     "feature_kernel": "attune.data.features",
-    "materialize_online": "attune.online.materialize",
+    "materialize_online": "attune.online.snapshot",
     "generate": "attune.simulator.generator",
     "preprocess": "attune.data.pipeline",
     "train_and_register": "attune.training.pipeline",

@@ -82,7 +82,7 @@ def online_app(
     from ray.serve.schema import ServeDeploySchema
 
     from attune.data.materialize import MaterializeConfig
-    from attune.online.materialize import materialize_online
+    from attune.online.snapshot import materialize_online
     from attune.serving.app import app_config
     from attune.serving.config import RolloutConfig
     from attune.serving.rollout import deploy, deployed_config

@@ -34,7 +34,7 @@ from attune.data.reader import read_history
 from attune.data.schema import EVENTS, OPTION_IDS
 from attune.data.spec import BORROWER_FEATURES, FEATURE_NAMES
 from attune.online.events import MAX_EVENTS
-from attune.online.materialize import materialize_online
+from attune.online.snapshot import materialize_online
 from attune.serving.config import RolloutConfig
 from attune.simulator.generator import GenerateConfig, generate
 from tests.conftest import wait_for

@@ -14,7 +14,7 @@ from attune.data.schema import EVENTS, OPTION_IDS
 from attune.rewards.config import DEFAULT_CONFIG
 from attune.rewards.job import OutcomesConfig, compute_rewards_local, read_rewards, run_outcomes
 from attune.serving.decision_log import DecisionRecord, ParquetSink, records_to_table
-from attune.serving.traffic import hash_borrower
+from attune.serving.traffic_split import hash_borrower
 
 SALT = "it-salt"
 T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)

@@ -29,7 +29,7 @@ from attune.serving.api import RankRequest
 from attune.serving.config import RolloutConfig
 from attune.serving.decision_log import MemorySink
 from attune.serving.service import RankingService
-from attune.serving.traffic import hash_borrower
+from attune.serving.traffic_split import hash_borrower
 from tests.integration.serving_fixtures import DictStore, model_files, nan_onnx, ranker_files
 
 OPTIONS = ("autopay_enroll", "due_date_change", "payment_plan", "pay_now")

@@ -15,7 +15,7 @@ from attune.rewards.attribution import attribute_rewards, hash_events
 from attune.rewards.config import DEFAULT_CONFIG
 from attune.rewards.true_value import ALL_SLATES, TrueValue, oracle_share
 from attune.serving.decision_log import DecisionRecord, records_to_table
-from attune.serving.traffic import hash_borrower
+from attune.serving.traffic_split import hash_borrower
 from attune.simulator.environment import ServedSlate, SimulatorEnvironment
 from attune.simulator.generator import GenerateConfig, generate
 

@@ -29,7 +29,6 @@ from attune.online.events import (
     read_logged_events,
 )
 from attune.online.ingest import EventIngest
-from attune.online.materialize import pack_states
 from attune.online.redis_store import (
     OLD_KEYSPACE_TTL_S,
     OnlineLookup,
@@ -40,8 +39,9 @@ from attune.online.redis_store import (
     root_key,
 )
 from attune.online.server import RedisServer
+from attune.online.snapshot import pack_states
+from attune.serving.candidate_rows import SERVING_POSITION, candidate_matrix
 from attune.serving.config import OnlineConfig
-from attune.serving.features import SERVING_POSITION, candidate_matrix
 from tests.conftest import wait_for
 from tests.histories import History, make_history
 from tests.redisserver import start_redis_server
@@ -924,7 +924,7 @@ class _FakeOnline:
         self.asked: list[tuple[int, str | None]] = []
 
     async def lookup(self, borrower_id: int, *, spec_hash: str | None = None) -> OnlineLookup:
-        from attune.serving.features import borrower_vector
+        from attune.serving.candidate_rows import borrower_vector
         from tests.integration.serving_fixtures import borrower_state
 
         self.asked.append((borrower_id, spec_hash))

@@ -10,7 +10,7 @@ import pytest
 from attune.registry import Registry
 from attune.serving.config import RolloutConfig
 from attune.serving.rollout import GUARDRAIL_ACTOR, RolloutRequest, plan
-from attune.serving.traffic import TrafficSplit
+from attune.serving.traffic_split import TrafficSplit
 from tests.integration.serving_fixtures import ranker_files
 
 BORROWERS = range(20_000)

@@ -294,7 +294,7 @@ def test_promotion_switches_versions_without_touching_requests_in_flight(
 
 
 def test_explain_returns_reason_codes_from_the_native_booster(models: dict[str, bytes]) -> None:
-    from attune.serving.explain import RegistryExplainer
+    from attune.serving.registry_explainer import RegistryExplainer
 
     store = DictStore({"champ": ranker_files(seed=1), "bare": model_files(models["cand"])}, {})
     for version, explained in (("champ", True), ("bare", False)):

@@ -10,13 +10,13 @@ What it shares with the online app, so that a borrower gets the same answer in b
 * candidate rows: :func:`attune.data.features.candidate_block`, which is
   :func:`~attune.data.features.candidate_matrix` (the serving path) for many borrowers;
 * scores: :class:`attune.serving.model.OnnxScorer` (same session options);
-* arm: :meth:`attune.serving.traffic.TrafficSplit.arm` with the rollout's salt and
+* arm: :meth:`attune.serving.traffic_split.TrafficSplit.arm` with the rollout's salt and
   canary share, the decision the ingress makes per request;
 * order: highest score first, ties in candidate order (the ingress's greedy policy);
 * decision log: :data:`attune.serving.decision_log.DECISION_SCHEMA` rows through
   :class:`~attune.serving.decision_log.ParquetSink` (``role="primary"``,
   ``feature_source="batch"``, ``borrower_hash`` from
-  :func:`~attune.serving.traffic.hash_borrower` with the same secret salt).
+  :func:`~attune.serving.traffic_split.hash_borrower` with the same secret salt).
 
 Decision ids are ``blake2b(run_id:borrower_id)``, and each batch's log file is named
 after the run and the batch's first borrower, so a retried task rewrites its own file
@@ -40,10 +40,10 @@ from attune.data.features import candidate_block
 from attune.data.schema import TS
 from attune.data.spec import BORROWER_FEATURES
 from attune.experiments.exploration import ExplorationConfig, Explorer
+from attune.serving.candidate_rows import SERVING_POSITION
 from attune.serving.decision_log import DECISION_SCHEMA, DecisionSink, ParquetSink
-from attune.serving.features import SERVING_POSITION
 from attune.serving.model import ModelStore, OnnxScorer
-from attune.serving.traffic import TrafficSplit, hash_borrower
+from attune.serving.traffic_split import TrafficSplit, hash_borrower
 
 #: Where the decision log says the features came from.
 FEATURE_SOURCE = "batch"

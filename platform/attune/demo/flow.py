@@ -94,8 +94,8 @@ def preprocess(paths: Paths, summary: Any) -> None:
 def materialize(paths: Paths, redis_url: str, summary: Any) -> None:
     """Every borrower's online state into Redis (``attune features materialize``)."""
     from attune.data.materialize import MaterializeConfig
-    from attune.online.materialize import materialize_online
     from attune.online.redis_store import SnapshotKeyspace
+    from attune.online.snapshot import materialize_online
 
     done = materialize_online(
         paths.histories, str(paths.root), redis_url=redis_url, config=MaterializeConfig()

@@ -188,7 +188,7 @@ def run_demo(config: DemoConfig, *, console: Console | None = None) -> DemoSumma
                     config, paths, port=port, champion=champion, summary=summary
                 ),
             )
-    from attune.demo.report import print_summary, write_html, write_summary_json
+    from attune.demo.summary import print_summary, write_html, write_summary_json
 
     print_summary(summary, console)
     report = write_html(summary, workdir / "report.html")

@@ -8,7 +8,7 @@ from every ingress replica (no extra Serve hop on the ranking path).
 
 Modules: :mod:`~attune.online.state` (a borrower's packed bytes),
 :mod:`~attune.online.redis_store` (keyspace, scripts, reads and writes),
-:mod:`~attune.online.materialize` (Ray Data → the store, pointer switch),
+:mod:`~attune.online.snapshot` (Ray Data → the store, pointer switch),
 :mod:`~attune.online.events` (the events API and the durable event log),
 :mod:`~attune.online.ingest` (posting events, with a backlog while the store is down),
 :mod:`~attune.online.server` (a local ``redis-server`` process),

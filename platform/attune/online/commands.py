@@ -58,8 +58,8 @@ def _materialize(args: argparse.Namespace) -> int:
         print(json.dumps(info.to_dict(), indent=2))
         return 0
     from attune.online.deployment import local_data_dir, redis_url
-    from attune.online.materialize import materialize_online
     from attune.online.server import local_server
+    from attune.online.snapshot import materialize_online
 
     url = redis_url(args.redis_url, args.out)
     server: AbstractContextManager[str] = (

@@ -9,7 +9,7 @@ Keyspace, under ``<prefix>:<spec_hash>`` (the *root*; one per feature spec)::
     <root>:<snapshot>:seen:<borrower>   set of posted event ids (expires after the horizon)
     <root>:<next>:replay            events posted while <next> is built (5 fields each)
 
-Writes. ``attune features materialize`` (:mod:`attune.online.materialize`) marks a
+Writes. ``attune features materialize`` (:mod:`attune.online.snapshot`) marks a
 snapshot as *next*, writes every borrower's state into its keyspace from Ray Data
 workers (pipelined ``SET``), then commits: one script replays the events posted since
 *next* was marked (those at or after the snapshot time: the snapshot holds the ones

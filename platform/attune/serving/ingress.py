@@ -157,8 +157,8 @@ def validation_error_body(errors: Sequence[Any], *, prefix: str | None = None) -
 def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
     """Registry-backed model store and explainer, parquet decision log under the store."""
     from attune.registry import Registry
-    from attune.serving.explain import RegistryExplainer
     from attune.serving.metrics import RayServeMetrics
+    from attune.serving.registry_explainer import RegistryExplainer
 
     # First: a default or short salt where real borrowers are served fails the deploy.
     salt = auth.borrower_salt(
@@ -243,7 +243,7 @@ class RankingIngress:
     ) -> None:
         """``online``: where the online store is (with ``args.online``): its URL, the
         LocalRedis deployment's handle, or an OnlineStore; ``explainer``: reason codes
-        (default: TreeSHAP of each version's native booster, attune.serving.explain)."""
+        (default: TreeSHAP of each version's native booster, attune.serving.registry_explainer)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._decision_log: DecisionLog | None = None
         context = serve.get_replica_context()

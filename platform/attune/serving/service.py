@@ -49,13 +49,13 @@ from attune.serving.api import (
     Reason,
     Rollback,
 )
+from attune.serving.candidate_rows import candidate_matrix
 from attune.serving.config import RolloutConfig
 from attune.serving.decision_log import DecisionLog, DecisionRecord
-from attune.serving.features import candidate_matrix
 from attune.serving.guardrails import Guardrail, Verdict
 from attune.serving.metrics import NullMetrics, ServingMetrics
 from attune.serving.model import ModelStore, OnnxScorer
-from attune.serving.traffic import Arm, TrafficSplit, hash_borrower
+from attune.serving.traffic_split import Arm, TrafficSplit, hash_borrower
 
 log = logging.getLogger(__name__)
 

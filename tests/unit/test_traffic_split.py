@@ -1,4 +1,4 @@
-"""Sticky canary assignment and shadow sampling (attune.serving.traffic)."""
+"""Sticky canary assignment and shadow sampling (attune.serving.traffic_split)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from attune.errors import ConfigError
 from attune.experiments.assignment import bucket
-from attune.serving.traffic import TrafficSplit, hash_borrower
+from attune.serving.traffic_split import TrafficSplit, hash_borrower
 
 BORROWERS = range(20_000)
 
