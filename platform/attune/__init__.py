@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AppArgs": "attune.serving.config",
     "DemoConfig": "attune.demo.config",
-    "GenerateConfig": "attune.simulator.generator",
+    "GenerateConfig": "attune.simulator",
     "MaterializeConfig": "attune.data.materialize",
     "OnlineStore": "attune.online",
     "RedisOnlineStore": "attune.online.redis_store",
@@ -28,7 +28,7 @@ _LAZY: dict[str, str] = {
     "estimate_policy_value": "attune.experiments.ope",
     "feature_kernel": "attune.data.features",
     "materialize_online": "attune.online.snapshot",
-    "generate": "attune.simulator.generator",
+    "generate": "attune.simulator",
     "preprocess": "attune.data.pipeline",
     "train_and_register": "attune.training.pipeline",
 }

@@ -20,3 +20,15 @@ def test_import_attune_does_not_import_ray_or_xgboost() -> None:
     code = "import sys, attune; print(sorted(m for m in ('ray', 'xgboost') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_simulator_surface_is_sorted_resolves_and_stays_light() -> None:
+    """attune.simulator exports a sorted __all__ of names that resolve, without Ray."""
+    code = (
+        "import sys, attune.simulator as s\n"
+        "assert s.__all__ == sorted(s.__all__), s.__all__\n"
+        "assert all(getattr(s, n) is not None for n in s.__all__)\n"
+        "print(sorted(m for m in ('ray', 'xgboost') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
