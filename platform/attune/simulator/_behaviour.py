@@ -65,7 +65,7 @@ _TOUCH_MATCH = np.array(
 )
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
@@ -85,9 +85,9 @@ def on_time_probability(
     stressed borrowers pay on time less often, and borrowers already in arrears even
     less.
     """
-    short_of_funds = _sigmoid(2.5 * (stress - 1.6))
+    short_of_funds = sigmoid(2.5 * (stress - 1.6))
     with_autopay = 0.985 * (1.0 - short_of_funds)
-    manual = (1.0 - late_tendency) * (1.0 - _sigmoid(3.0 * (stress - 1.5))) * 0.98
+    manual = (1.0 - late_tendency) * (1.0 - sigmoid(3.0 * (stress - 1.5))) * 0.98
     p = np.where(autopay, with_autopay, manual)
     return np.where(arrears > 0, 0.5 * p, p)
 
@@ -154,8 +154,8 @@ def option_probabilities(state: PresentationState) -> OptionProbabilities:
     early = (state.dpd > 0) & (state.dpd < 30)
     late = state.dpd >= 30
     tau = state.late_tendency
-    stable = _sigmoid((0.22 - state.income_volatility) / 0.04)
-    volatile_hardship = state.hardship * _sigmoid((state.income_volatility - 0.28) / 0.04)
+    stable = sigmoid((0.22 - state.income_volatility) / 0.04)
+    volatile_hardship = state.hardship * sigmoid((state.income_volatility - 0.28) / 0.04)
     recent_login = 1.0 - np.exp(-0.7 * state.logins_30d)
     fatigue = np.exp(-0.12 * state.contacts_7d - 0.025 * state.contacts_30d)
 

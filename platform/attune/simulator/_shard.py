@@ -145,7 +145,7 @@ class ShardSimulator:
         log.add(i, ts, _E["hardship_flag"])
         self.hardship_ts[i] = ts
 
-        p_off = 0.008 + 0.25 * bh._sigmoid(2.5 * (self.stress - 1.6))
+        p_off = 0.008 + 0.25 * bh.sigmoid(2.5 * (self.stress - 1.6))
         off = act & self.autopay & (rng.random(n) < p_off)
         i = np.flatnonzero(off)
         ts = np.maximum(due[i] - rng.integers(DAY, 10 * DAY, i.size), history_start)
