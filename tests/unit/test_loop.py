@@ -12,7 +12,7 @@ import pytest
 
 from attune.data.schema import OPTION_IDS
 from attune.demo.endpoints import LocalEndpoint
-from attune.demo.loop import Estimate, LoopIteration, Pool, plot_loop, summary_frame
+from attune.demo.loop import LoopIteration, MeanEstimate, Pool, plot_loop, summary_frame
 from attune.serving.config import RolloutConfig
 from tests.integration.serving_fixtures import DictStore, model_files, rank_body, ranker_onnx
 
@@ -39,10 +39,10 @@ def test_draws_never_serve_a_borrower_twice_in_a_loop() -> None:
 
 
 def test_estimate_is_the_mean_with_a_normal_interval() -> None:
-    est = Estimate.mean_of(np.asarray([0.0, 1.0] * 50))
+    est = MeanEstimate.mean_of(np.asarray([0.0, 1.0] * 50))
     assert est.value == 0.5 and est.n == 100
     assert est.ci_high - est.value == pytest.approx(1.96 * np.std([0, 1] * 50, ddof=1) / 10)
-    assert math.isnan(Estimate.mean_of(np.asarray([])).value)
+    assert math.isnan(MeanEstimate.mean_of(np.asarray([])).value)
 
 
 def _iteration(value: float, promoted: bool) -> LoopIteration:

@@ -175,7 +175,7 @@ def load_eligibility(source: str | Path | Mapping[str, Any] | None) -> Eligibili
 
 
 @dataclass(frozen=True)
-class Verdict:
+class EligibilityVerdict:
     """Eligibility of ``n`` borrowers: who is excluded (by which rule), which options stay."""
 
     excluded_by: npt.NDArray[np.object_]  # rule name or None, per borrower
@@ -188,7 +188,9 @@ class Verdict:
         return np.asarray(self.excluded_by == None, dtype=bool)  # noqa: E711
 
 
-def apply_rules(rules: TouchpointRules, features: Mapping[str, np.ndarray], n: int) -> Verdict:
+def apply_rules(
+    rules: TouchpointRules, features: Mapping[str, np.ndarray], n: int
+) -> EligibilityVerdict:
     """Apply ``rules`` in order to ``n`` borrowers' ``features`` (columns by name).
 
     A borrower excluded by an earlier rule is counted under that rule only; option
@@ -209,7 +211,7 @@ def apply_rules(rules: TouchpointRules, features: Mapping[str, np.ndarray], n: i
         withheld[:, j] = hit
     empty = (excluded == None) & ~offered.any(axis=1)  # noqa: E711
     excluded[empty] = NO_OPTIONS_LEFT
-    return Verdict(
+    return EligibilityVerdict(
         excluded_by=excluded,
         offered=offered,
         withheld=withheld,

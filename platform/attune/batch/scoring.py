@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from attune.batch.eligibility import TouchpointRules, Verdict, apply_rules
+from attune.batch.eligibility import EligibilityVerdict, TouchpointRules, apply_rules
 from attune.data.features import candidate_block
 from attune.data.schema import TS
 from attune.data.spec import BORROWER_FEATURES
@@ -269,7 +269,7 @@ class BatchRanker:
         ids: npt.NDArray[np.int64],
         ranked: npt.NDArray[np.bool_],
         excluded: npt.NDArray[np.object_],
-        verdict: Verdict,
+        verdict: EligibilityVerdict,
         arms: npt.NDArray[np.object_],
         versions: npt.NDArray[np.object_],
         scores: npt.NDArray[np.float64],

@@ -113,14 +113,14 @@ class Pool:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class MeanEstimate:
     value: float
     ci_low: float
     ci_high: float
     n: int
 
     @classmethod
-    def mean_of(cls, x: np.ndarray) -> Estimate:
+    def mean_of(cls, x: np.ndarray) -> MeanEstimate:
         n = len(x)
         if n == 0:
             return cls(math.nan, math.nan, math.nan, 0)
@@ -341,7 +341,9 @@ class Loop:
         realized = {}
         for arm in ("champion", "canary"):
             ids = [a["decision_id"] for a in phase.answers if a["arm"] == arm]
-            realized[arm] = Estimate.mean_of(per_decision.reindex(ids, fill_value=0.0).to_numpy())
+            realized[arm] = MeanEstimate.mean_of(
+                per_decision.reindex(ids, fill_value=0.0).to_numpy()
+            )
         canary, champion = realized["canary"], realized["champion"]
         out = {
             "value": canary.value,

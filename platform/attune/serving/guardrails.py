@@ -64,7 +64,7 @@ class GuardrailBounds(BaseModel):
 
 
 @dataclass(frozen=True)
-class Verdict:
+class GuardrailVerdict:
     """The outcome of one check: ``breached`` with human-readable ``reasons``."""
 
     breached: bool
@@ -123,7 +123,7 @@ class Guardrail:
             w.drift_times.popleft()
             w.drift.popleft()
 
-    def check(self) -> Verdict:
+    def check(self) -> GuardrailVerdict:
         """Compare the current window with the bounds."""
         b = self.bounds
         with self._lock:
@@ -153,7 +153,7 @@ class Guardrail:
                 f"score drift {drift:.3g} > max_score_drift {b.max_score_drift:g} "
                 f"over {n_paired} paired requests"
             )
-        return Verdict(
+        return GuardrailVerdict(
             breached=b.enabled and bool(reasons),
             reasons=tuple(reasons),
             requests=n,

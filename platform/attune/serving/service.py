@@ -52,7 +52,7 @@ from attune.serving.api import (
 from attune.serving.candidate_rows import candidate_matrix
 from attune.serving.config import RolloutConfig
 from attune.serving.decision_log import DecisionLog, DecisionRecord
-from attune.serving.guardrails import Guardrail, Verdict
+from attune.serving.guardrails import Guardrail, GuardrailVerdict
 from attune.serving.metrics import NullMetrics, ServingMetrics
 from attune.serving.model import ModelStore, OnnxScorer
 from attune.serving.traffic_split import Arm, TrafficSplit, hash_borrower
@@ -562,7 +562,7 @@ class RankingService:
             if baseline is not None:
                 guardrail.record_drift(float(np.mean(np.abs(job.primary_scores - baseline))))
 
-    def check_guardrail(self, *, force: bool = False) -> Verdict | None:
+    def check_guardrail(self, *, force: bool = False) -> GuardrailVerdict | None:
         """Judge the canary (at most every 0.25 s unless forced); roll it back on a breach."""
         state = self._state
         now = self._clock()
@@ -576,7 +576,7 @@ class RankingService:
             self._roll_back(state, verdict)
         return verdict
 
-    def _roll_back(self, state: _State, verdict: Verdict) -> None:
+    def _roll_back(self, state: _State, verdict: GuardrailVerdict) -> None:
         assert state.canary is not None
         version = state.canary.version
         self._tripped_under = state.config
