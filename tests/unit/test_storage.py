@@ -24,6 +24,25 @@ def test_write_then_read_roundtrip(tmp_path: Path) -> None:
     assert storage.exists(uri)
 
 
+def test_write_parquet_leaves_only_the_finished_file(tmp_path: Path) -> None:
+    """A parquet batch lands at its URI (folders created) with no temporary file beside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"x": [1, 2, 3]})
+    uri = storage.join(str(tmp_path), "date=2025-01-01", "w-00000001-abcdef.parquet")
+    storage.write_parquet(table, uri)
+    assert pq.read_table(uri).equals(table)
+    assert [p.name for p in (tmp_path / "date=2025-01-01").iterdir()] == [Path(uri).name]
+
+
+def test_batch_names_carry_writer_and_sequence_and_differ_across_restarts() -> None:
+    """Two writers restarted with the same id and sequence still name different files."""
+    first, again = storage.batch_name("replica-1", 7), storage.batch_name("replica-1", 7)
+    assert first.startswith("replica-1-00000007-") and again.startswith("replica-1-00000007-")
+    assert first != again
+
+
 def test_missing_local_file_raises_store_not_found(tmp_path: Path) -> None:
     """Reading a missing path raises StoreNotFound carrying the URI."""
     uri = str(tmp_path / "nope.json")
