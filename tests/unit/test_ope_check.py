@@ -93,7 +93,8 @@ def test_candidate_worse_than_champion_is_refused(
     )
     assert check.decision is not None and check.decisions_used == 600
     assert not check.decision.passed
-    assert check.decision.candidate.ci_high < check.decision.champion.value
+    evidence = check.decision.evidence or {}
+    assert evidence["candidate"]["ci_high"] < evidence["champion"]["value"]
 
 
 def test_candidate_better_than_champion_passes(

@@ -46,22 +46,20 @@ from attune.errors import (
     ConfigError,
     Conflict,
     GateRefused,
-    InvalidInput,
     StoreNotFound,
     VersionExists,
     VersionNotFound,
 )
-from attune.registry.gates import FAIRNESS_GATE, PromotionGate, fairness_gate, outcome_of
+from attune.governance.gates.decision import GateDecision
+from attune.governance.gates.promotion import GATED_ALIASES, PromotionGate, check_promotion
 from attune.registry.models import (
     ALIASES,
     FAIRNESS,
-    GATED_ALIASES,
     MANIFEST,
     VERSION_ID,
     AliasMove,
     AliasRequest,
     FileEntry,
-    GateOutcome,
     Manifest,
     VersionInfo,
     check_file_name,
@@ -69,8 +67,6 @@ from attune.registry.models import (
 )
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_GATE: Any = object()
 
 
 def _utcnow() -> datetime:
@@ -307,16 +303,17 @@ class Registry:
         by: str,
         justification: str | None = None,
         override: bool = False,
-        gate: PromotionGate | None = _DEFAULT_GATE,
+        gate: PromotionGate | None = None,
     ) -> AliasMove:
         """Point ``alias`` at ``version`` (a version id, or another alias to copy from).
 
-        Moving ``champion`` or ``canary`` first runs ``gate`` on the version's
-        ``fairness.json`` (default: the governance stage's fairness gate; ``None``, a
-        missing or an invalid report counts as a refusal). A refusal raises GateRefused unless
-        ``override`` is set, which needs a ``justification`` and is recorded. Every move is
-        appended to the alias log. Raises ConfigError for a bad alias name or an
-        unjustified override, and VersionNotFound / AliasNotFound for ``version``.
+        Moving ``champion`` or ``canary`` first runs the promotion gates
+        (:func:`attune.governance.gates.promotion.check_promotion`; ``gate`` replaces its
+        default fairness gate; a missing or an invalid report counts as a refusal). A
+        refusal raises GateRefused unless ``override`` is set, which needs a
+        ``justification`` and is recorded. Every move is appended to the alias log.
+        Raises ConfigError for a bad alias name or an unjustified override, and
+        VersionNotFound / AliasNotFound for ``version``.
         """
         try:
             request = AliasRequest(
@@ -333,11 +330,14 @@ class Registry:
             previous: str | None = self.alias(request.alias).version
         except AliasNotFound:
             previous = None
-        outcome: GateOutcome | None = None
+        outcome: GateDecision | None = None
         if request.alias in GATED_ALIASES:
-            outcome = self._run_gate(info, fairness_gate() if gate is _DEFAULT_GATE else gate)
+            report = self._read_verified(info, FAIRNESS) if FAIRNESS in info.files else None
+            outcome = check_promotion(version=info.version, fairness_report=report, gate=gate)
             if not outcome.passed and not request.override:
-                raise GateRefused(gate=outcome.gate, version=info.version, reasons=outcome.reasons)
+                raise GateRefused(
+                    gate=outcome.gate, version=info.version, reasons=list(outcome.reasons)
+                )
         move = AliasMove(
             alias=request.alias,
             version=info.version,
@@ -356,31 +356,6 @@ class Registry:
         storage.write_bytes(self._alias_uri(move.alias), body)
         log.info("alias %s -> %s (was %s) by %s", move.alias, move.version, previous, move.by)
         return move
-
-    def _run_gate(self, info: VersionInfo, gate: PromotionGate | None) -> GateOutcome:
-        if gate is None:
-            return GateOutcome(
-                gate=FAIRNESS_GATE,
-                passed=False,
-                reasons=["no fairness gate is installed (attune.governance.gate)"],
-            )
-        if FAIRNESS not in info.files:
-            return GateOutcome(
-                gate=FAIRNESS_GATE,
-                passed=False,
-                reasons=[f"version {info.version} has no {FAIRNESS}"],
-            )
-        report = json.loads(self._read_verified(info, FAIRNESS))
-        try:
-            return outcome_of(gate(report))
-        except InvalidInput as exc:
-            # An unreadable report is a refusal like any other: it can be overridden,
-            # and the override is recorded with the reason.
-            return GateOutcome(
-                gate=FAIRNESS_GATE,
-                passed=False,
-                reasons=[f"invalid {FAIRNESS}: {exc.message}"],
-            )
 
     def history(self, *, alias: str | None = None, version: str | None = None) -> list[AliasMove]:
         """Alias moves, oldest first; only those of ``alias`` and/or involving ``version``."""
