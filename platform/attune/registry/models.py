@@ -72,6 +72,14 @@ def config_error(exc: ValidationError) -> ConfigError:
     return ConfigError(field=field, value=first.get("input"), problem=first["msg"])
 
 
+def _require_justification(*, override: bool, justification: str | None) -> None:
+    """An override must say why (a blank justification is none)."""
+    if override and not (justification or "").strip():
+        raise ValueError(
+            f"override ({override}) requires a justification (got justification={justification!r})"
+        )
+
+
 class FileEntry(BaseModel):
     """Size and sha256 of one stored file."""
 
@@ -126,11 +134,7 @@ class AliasMove(BaseModel):
 
     @model_validator(mode="after")
     def _override_is_justified(self) -> AliasMove:
-        if self.override and not (self.justification or "").strip():
-            raise ValueError(
-                f"override ({self.override}) requires a justification "
-                f"(got justification={self.justification!r})"
-            )
+        _require_justification(override=self.override, justification=self.justification)
         return self
 
 
@@ -147,11 +151,7 @@ class AliasRequest(BaseModel):
 
     @model_validator(mode="after")
     def _override_is_justified(self) -> AliasRequest:
-        if self.override and not (self.justification or "").strip():
-            raise ValueError(
-                f"override ({self.override}) requires a justification "
-                f"(got justification={self.justification!r})"
-            )
+        _require_justification(override=self.override, justification=self.justification)
         return self
 
 

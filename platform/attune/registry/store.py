@@ -35,9 +35,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from attune import storage
 from attune.errors import (
@@ -67,6 +67,21 @@ from attune.registry.models import (
 )
 
 log = logging.getLogger(__name__)
+
+_Record = TypeVar("_Record", bound=BaseModel)
+
+
+def _parse(model: type[_Record], raw: bytes, *, uri: str, what: str) -> _Record:
+    """``raw`` as a ``model``; ArtifactCorrupted names the first bad field otherwise."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ArtifactCorrupted(
+            uri=uri,
+            problem=f"unreadable {what}: {config_error(exc).message}",
+            expected_sha256=None,
+            actual_sha256=_sha256(raw),
+        ) from exc
 
 
 def _utcnow() -> datetime:
@@ -179,15 +194,7 @@ class Registry:
             raw = storage.read_bytes(uri)
         except StoreNotFound as exc:
             raise VersionNotFound(registry=self.uri, version=version) from exc
-        try:
-            manifest = Manifest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ArtifactCorrupted(
-                uri=uri,
-                problem=f"unreadable manifest: {config_error(exc).message}",
-                expected_sha256=None,
-                actual_sha256=_sha256(raw),
-            ) from exc
+        manifest = _parse(Manifest, raw, uri=uri, what="manifest")
         if manifest.version != version:
             raise ArtifactCorrupted(
                 uri=uri,
@@ -275,15 +282,7 @@ class Registry:
             raw = storage.read_bytes(uri)
         except StoreNotFound as exc:
             raise AliasNotFound(registry=self.uri, alias=alias) from exc
-        try:
-            return AliasMove.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ArtifactCorrupted(
-                uri=uri,
-                problem=f"unreadable alias: {config_error(exc).message}",
-                expected_sha256=None,
-                actual_sha256=_sha256(raw),
-            ) from exc
+        return _parse(AliasMove, raw, uri=uri, what="alias")
 
     def aliases(self) -> dict[str, str]:
         """``{alias: version}`` for every alias that is set."""
