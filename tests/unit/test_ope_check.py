@@ -95,6 +95,9 @@ def test_candidate_worse_than_champion_is_refused(
     assert not check.decision.passed
     evidence = check.decision.evidence or {}
     assert evidence["candidate"]["ci_high"] < evidence["champion"]["value"]
+    printed = check.to_dict()["verdict"]  # what `attune rollout canary` prints, as before
+    assert printed is not None and set(printed) == {"passed", "reason", "candidate", "champion"}
+    assert printed["reason"] == check.decision.reasons[0] and printed["passed"] is False
 
 
 def test_candidate_better_than_champion_passes(

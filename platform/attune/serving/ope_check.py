@@ -69,8 +69,15 @@ class OpeCheck:
             "skipped_without_propensities": self.skipped_without_propensities,
             "skipped_open_window": self.skipped_open_window,
             "skipped_other_spec": self.skipped_other_spec,
-            "verdict": None if self.decision is None else self.decision.to_dict(),
+            "verdict": None if self.decision is None else _printed(self.decision),
         }
+
+
+def _printed(decision: GateDecision) -> dict[str, object]:
+    """The verdict as ``attune rollout canary`` has always printed it (one ``reason``)."""
+    return {"passed": decision.passed, "reason": "; ".join(decision.reasons)} | (
+        decision.evidence or {}
+    )
 
 
 def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
