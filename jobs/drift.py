@@ -4,7 +4,7 @@
         --registry s3://bucket/registry --version champion --decisions s3://bucket/store/decisions
 
 Takes the arguments of ``attune monitor drift``; all logic lives in
-:mod:`attune.governance.monitor`. Exits 3 with ``--fail-on-alert`` when a feature is
+:mod:`attune.monitoring.drift_monitor`. Exits 3 with ``--fail-on-alert`` when a feature is
 above the alert threshold; other statuses are those of ``attune`` (:mod:`attune.cli`:
 2 usage, 4 invalid input, 5 not found, 8 store unavailable).
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     from attune.cli import run
-    from attune.governance.commands import add_drift_arguments, drift
+    from attune.monitoring.commands import add_drift_arguments, drift
 
     parser = argparse.ArgumentParser(prog="jobs/drift.py", description=__doc__)
     add_drift_arguments(parser)

@@ -121,7 +121,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "attune.serving.commands",
     "attune.rewards.commands",
     "attune.experiments.commands",
-    "attune.governance.commands",
+    "attune.monitoring.commands",
     "attune.demo.commands",
 )
 

@@ -14,6 +14,7 @@ marker written last (:func:`is_complete`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -145,6 +146,26 @@ def write_bytes(uri: str, data: bytes, *, overwrite: bool = True) -> None:
 
 def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays as Python values and NaN/inf as None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Strict JSON of ``obj`` (through :func:`to_jsonable`), indented, keys sorted."""
+    return json.dumps(
+        to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False, default=str
+    ).encode()
 
 
 def write_json(uri: str, obj: Any, *, overwrite: bool = True) -> None:

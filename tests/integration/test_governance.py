@@ -111,7 +111,7 @@ def test_drift_monitor_in_a_ray_task_exports_ray_gauges(ray_cluster: Any, tmp_pa
     """Run as a Ray task, the monitor sets its PSI gauges through Ray's metrics agent."""
     import ray
 
-    from attune.governance.monitor import drift_config, run_drift_monitor
+    from attune.monitoring.drift_monitor import drift_config, run_drift_monitor
 
     registry, version, decisions = _setup(str(tmp_path), shift_apr=False)
     config = drift_config(

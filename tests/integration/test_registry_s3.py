@@ -20,6 +20,7 @@ from attune.errors import (
     VersionExists,
     VersionNotFound,
 )
+from attune.governance.gates.decision import GateDecision
 from attune.registry import Registry
 from attune.registry.models import MANIFEST, VERSION_ID
 
@@ -46,10 +47,11 @@ def _step_clock() -> Any:
 
 
 def _gate(passed: bool, seen: list[Mapping[str, Any]] | None = None) -> Any:
-    def _check(report: Mapping[str, Any]) -> dict[str, Any]:
+    def _check(report: Mapping[str, Any]) -> GateDecision:
         if seen is not None:
             seen.append(report)
-        return {"passed": passed, "reasons": [] if passed else ["gap 0.3 > 0.1"]}
+        reasons = () if passed else ("gap 0.3 > 0.1",)
+        return GateDecision(gate="fairness", passed=passed, reasons=reasons)
 
     return _check
 

@@ -594,7 +594,7 @@ def test_every_metric_the_dashboard_queries_is_scraped_from_the_app(serving: Ser
 
     import ray
 
-    from attune.governance.monitor import latest_report_uri
+    from attune.monitoring.drift_monitor import latest_report_uri
     from tests.unit.test_monitoring import _base, _dashboard_series
 
     champion = serving.versions["champ"]

@@ -52,7 +52,7 @@ def test_statuses_are_distinct_and_differ_from_usage() -> None:
 
 
 def test_the_drift_alert_status_is_the_check_failed_status() -> None:
-    from attune.governance.commands import EXIT_DRIFT_ALERT
+    from attune.monitoring.commands import EXIT_DRIFT_ALERT
 
     assert EXIT_DRIFT_ALERT == ExitCode.CHECK_FAILED
 

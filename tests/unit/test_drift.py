@@ -313,7 +313,7 @@ def test_monitor_errors_name_what_is_wrong(
 def test_monitor_refuses_vectors_of_another_feature_spec(
     tmp_path: Path, reference: dict[str, Any]
 ) -> None:
-    from attune.governance.monitor import drift_config, run_drift_monitor
+    from attune.monitoring.drift_monitor import drift_config, run_drift_monitor
 
     registry, version = _registered(tmp_path, reference)
     _log(

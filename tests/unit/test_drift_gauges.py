@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from attune import storage
-from attune.governance.monitor import latest_report_uri
+from attune.monitoring.drift_monitor import latest_report_uri
 from attune.serving.drift_gauges import DriftGauges
 
 

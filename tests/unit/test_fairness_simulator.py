@@ -27,7 +27,7 @@ from attune.data.pipeline import PreprocessConfig, SplitPlan, ranking_rows
 from attune.data.reader import read_history, read_table
 from attune.data.spec import default_spec
 from attune.governance.fairness import fairness_report
-from attune.governance.gate import FairnessGateConfig, check_promotion
+from attune.governance.gates.fairness_gate import FairnessGateConfig, check_fairness
 from attune.simulator.generator import GenerateConfig, generate
 
 BORROWERS, MONTHS, SEED = 1_200, 6, 1
@@ -111,7 +111,7 @@ def proxy_report(simulated: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_an_ordinary_model_passes_the_default_gate(ordinary_report: dict[str, Any]) -> None:
-    decision = check_promotion(ordinary_report)
+    decision = check_fairness(ordinary_report)
     assert decision.passed, decision.reasons
     assert "gender/opportunity:payment_plan" in decision.checked
     assert "age_band/opportunity:pay_now" in decision.checked
@@ -122,14 +122,14 @@ def test_raw_exposure_parity_would_refuse_the_ordinary_model(
 ) -> None:
     """The premise: groups differ in need, so raw top-1 exposure differs legitimately."""
     raw = FairnessGateConfig(exposure_mode="refuse", use_confidence_interval=False)
-    decision = check_promotion(ordinary_report, raw)
+    decision = check_fairness(ordinary_report, raw)
     assert not decision.passed
     assert len([r for r in decision.reasons if ": exposure of " in r]) >= 3
     assert not ordinary_report["four_fifths"]["passed"]
 
 
 def test_a_model_steered_by_a_gender_proxy_is_refused(proxy_report: dict[str, Any]) -> None:
-    decision = check_promotion(proxy_report)
+    decision = check_fairness(proxy_report)
     assert not decision.passed
     plan = proxy_report["attributes"]["gender"]["opportunity"]["payment_plan"]
     assert plan["min_group"] == "female"

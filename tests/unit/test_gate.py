@@ -15,12 +15,12 @@ from pydantic import ValidationError
 
 from attune.errors import GateRefused, InvalidInput
 from attune.governance.fairness import fairness_report
-from attune.governance.gate import (
+from attune.governance.gates.fairness_gate import (
     FairnessGateConfig,
     GateOverride,
-    check_promotion,
-    load_gate_config,
-    require_promotion,
+    check_fairness,
+    load_fairness_config,
+    require_fairness,
 )
 
 OPTIONS = ("payment_plan", "reminder_sms", "pay_now")
@@ -98,7 +98,7 @@ def unbiased_report() -> dict[str, Any]:
 
 
 def test_a_model_trained_on_a_group_proxy_is_refused(biased_report: dict[str, Any]) -> None:
-    decision = check_promotion(biased_report)
+    decision = check_fairness(biased_report)
     assert not decision.passed
     plan = biased_report["attributes"]["gender"]["exposure"]["payment_plan"]
     assert plan["ratio"]["value"] < 0.5
@@ -114,24 +114,22 @@ def test_a_model_trained_on_a_group_proxy_is_refused(biased_report: dict[str, An
 
 
 def test_the_same_model_without_the_proxy_passes(unbiased_report: dict[str, Any]) -> None:
-    decision = check_promotion(unbiased_report)
+    decision = check_fairness(unbiased_report)
     assert decision.passed, decision.reasons
     assert decision.reasons == ()
     assert "gender/opportunity:payment_plan" in decision.checked
 
 
 def test_the_registry_default_gate_is_this_gate(biased_report: dict[str, Any]) -> None:
-    """The registry's alias moves call check_promotion with the default bounds."""
-    from attune.registry.gates import fairness_gate, outcome_of
+    """The registry's alias moves call check_fairness with the default bounds."""
+    from attune.governance.gates.promotion import fairness_gate
 
     gate = fairness_gate()
-    assert gate is not None
-    outcome = outcome_of(gate(biased_report))
+    outcome = gate(biased_report)
     assert not outcome.passed
-    assert list(outcome.reasons) == list(check_promotion(biased_report).reasons)
+    assert list(outcome.reasons) == list(check_fairness(biased_report).reasons)
     lenient = fairness_gate({"min_exposure_ratio": 0.01, "warn_exposure_ratio": 0.01})
-    assert lenient is not None
-    reasons = outcome_of(lenient(biased_report)).reasons
+    reasons = lenient(biased_report).reasons
     assert not any("exposure" in r for r in reasons)
 
 
@@ -175,7 +173,7 @@ POINT_ESTIMATES = FairnessGateConfig(use_confidence_interval=False)
 )
 def test_exposure_ratio_bound(m_plan_first: int, passed: bool, warned: bool) -> None:
     """Labels that never say "completed" leave need unmeasured: raw exposure is judged."""
-    decision = check_promotion(_two_groups(m_plan_first), POINT_ESTIMATES)
+    decision = check_fairness(_two_groups(m_plan_first), POINT_ESTIMATES)
     assert decision.passed is passed
     assert any("exposure" in w for w in decision.warnings) is warned
 
@@ -195,7 +193,7 @@ def test_configured_ratio_bounds_refuse_and_warn(
         min_option_share=0.2,
         use_confidence_interval=False,
     )
-    decision = check_promotion(report, config)
+    decision = check_fairness(report, config)
     assert decision.passed is passed
     assert any("payment_plan" in w for w in decision.warnings) is warned
 
@@ -206,13 +204,13 @@ def test_confidence_intervals_give_small_samples_the_benefit_of_the_doubt() -> N
     lenient = strict.model_copy(update={"use_confidence_interval": True})
     plan = report["attributes"]["gender"]["exposure"]["payment_plan"]["ratio"]
     assert plan["value"] < 0.8 < plan["ci"][1]
-    strict_reasons = check_promotion(report, strict).reasons
-    lenient_reasons = check_promotion(report, lenient).reasons
+    strict_reasons = check_fairness(report, strict).reasons
+    lenient_reasons = check_fairness(report, lenient).reasons
     assert any("payment_plan" in r for r in strict_reasons)
     assert not any("payment_plan" in r for r in lenient_reasons)
     assert FairnessGateConfig().use_confidence_interval  # the default gives the benefit
-    default = check_promotion(report, FairnessGateConfig(min_option_share=0.2))
-    assert default.reasons == check_promotion(report, lenient).reasons
+    default = check_fairness(report, FairnessGateConfig(min_option_share=0.2))
+    assert default.reasons == check_fairness(report, lenient).reasons
     assert any("payment_plan" in w and "below 0.9" in w for w in default.warnings)
 
 
@@ -252,11 +250,11 @@ def test_a_group_that_needs_the_plan_more_often_may_see_it_first_more_often() ->
     part = report["attributes"]["gender"]
     assert part["exposure"]["payment_plan"]["ratio"]["value"] == pytest.approx(0.375)
     assert part["opportunity"]["payment_plan"]["ratio"]["value"] == 1.0
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert decision.passed, decision.reasons
     assert "gender/opportunity:payment_plan" in decision.checked
     assert any("raw exposure" in w and "payment_plan (ratio 0.375" in w for w in decision.warnings)
-    raw = check_promotion(report, FairnessGateConfig(exposure_mode="refuse"))
+    raw = check_fairness(report, FairnessGateConfig(exposure_mode="refuse"))
     assert any("exposure of payment_plan" in r for r in raw.reasons)
 
 
@@ -267,7 +265,7 @@ def test_withholding_the_plan_from_one_groups_needy_borrowers_is_refused() -> No
     assert part["exposure"]["payment_plan"]["ratio"]["value"] == 1.0
     plan = part["opportunity"]["payment_plan"]
     assert plan["by_group"]["m"] == {"value": 0.2, "ci": plan["by_group"]["m"]["ci"], "n": 50}
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert not decision.passed
     assert any(
         r.startswith("gender: equal opportunity for payment_plan (ratio 0.200: m 0.200 (n=50) vs")
@@ -277,7 +275,7 @@ def test_withholding_the_plan_from_one_groups_needy_borrowers_is_refused() -> No
     lenient = FairnessGateConfig(
         min_opportunity_ratio=0.1, warn_opportunity_ratio=0.1, max_ndcg_difference=None
     )
-    assert check_promotion(report, lenient).passed
+    assert check_fairness(report, lenient).passed
 
 
 @pytest.mark.parametrize(
@@ -289,11 +287,11 @@ def test_a_ratio_of_small_rates_needs_a_real_gap_to_refuse(m_given: int, passed:
     report = _needs({"f": (60, 30, 0, 0), "m": (60, 30, m_given, 0)})
     plan = report["attributes"]["gender"]["opportunity"]["payment_plan"]
     assert plan["ratio"]["value"] == 0.0
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert decision.passed is passed
     assert any("the gap is not above 0.05" in w for w in decision.warnings) is passed
     ratio_alone = FairnessGateConfig(min_opportunity_difference=0, use_confidence_interval=False)
-    assert not check_promotion(report, ratio_alone).passed
+    assert not check_fairness(report, ratio_alone).passed
 
 
 def test_groups_with_too_few_needy_presentations_are_not_compared_but_named() -> None:
@@ -302,7 +300,7 @@ def test_groups_with_too_few_needy_presentations_are_not_compared_but_named() ->
     assert plan["left_out"] == {"m": 15}
     assert list(plan["by_group"]) == ["f"]
     assert plan["ratio"]["value"] is None
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert decision.passed
     assert "gender/opportunity:payment_plan" not in decision.checked
     assert any("payment_plan (m 15; not judged)" in w for w in decision.warnings)
@@ -310,9 +308,9 @@ def test_groups_with_too_few_needy_presentations_are_not_compared_but_named() ->
 
 def test_a_stricter_gate_minimum_leaves_a_thin_comparison_unjudged() -> None:
     report = _needs({"f": (100, 30, 30, 0), "m": (100, 30, 0, 0)})
-    assert not check_promotion(report).passed
+    assert not check_fairness(report).passed
     config = FairnessGateConfig(min_eligible=31, max_ndcg_difference=None)
-    decision = check_promotion(report, config)
+    decision = check_fairness(report, config)
     assert decision.passed, decision.reasons
     assert any("payment_plan (f 30, m 30; not judged)" in w for w in decision.warnings)
 
@@ -321,7 +319,7 @@ def test_exposure_modes() -> None:
     """Need unmeasured (no label says completed): fallback and refuse judge exposure."""
     report = _two_groups(0, n=40, n_bootstrap=0)  # m never gets the plan first
     outcomes = {
-        mode: check_promotion(report, FairnessGateConfig(exposure_mode=mode)).passed
+        mode: check_fairness(report, FairnessGateConfig(exposure_mode=mode)).passed
         for mode in ("fallback", "refuse", "warn")
     }
     assert outcomes == {"fallback": False, "refuse": False, "warn": True}
@@ -333,13 +331,13 @@ def test_a_report_from_before_equal_opportunity_is_judged_on_exposure() -> None:
         del part["opportunity"]
     for key in ("eligible_label", "min_eligible"):
         del report[key]
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert any("exposure of payment_plan" in r for r in decision.reasons)
 
 
 def test_a_report_without_intervals_is_judged_on_point_estimates_by_default() -> None:
     report = _needs({"f": (100, 50, 50, 0), "m": (100, 50, 10, 40)}, n_bootstrap=0)
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert not decision.passed
     assert "judged on point estimates" in decision.warnings[0]
 
@@ -375,7 +373,7 @@ def test_invalid_gate_configs_name_the_field(values: dict[str, Any], fragment: s
     with pytest.raises(ValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         FairnessGateConfig(**values)
     with pytest.raises(InvalidInput) as info:
-        load_gate_config(values)
+        load_fairness_config(values)
     assert fragment.split(" ")[0] in str(info.value)
 
 
@@ -392,28 +390,28 @@ def test_a_malformed_report_is_refused_naming_the_field(mutate: Any, field: str)
     report = _two_groups(100, n=40, n_bootstrap=0)
     mutate(report)
     with pytest.raises(InvalidInput) as info:
-        check_promotion(report)
+        check_fairness(report)
     assert info.value.field == field
 
 
 def test_unknown_attribute_and_missing_intervals_are_refused() -> None:
     report = _two_groups(100, n=40, n_bootstrap=0)
     with pytest.raises(InvalidInput, match="age_band"):
-        check_promotion(report, FairnessGateConfig(attributes=("age_band",)))
+        check_fairness(report, FairnessGateConfig(attributes=("age_band",)))
     with pytest.raises(InvalidInput, match="n_bootstrap=0"):
-        check_promotion(report, FairnessGateConfig(use_confidence_interval=True))
+        check_fairness(report, FairnessGateConfig(use_confidence_interval=True))
 
 
 def test_require_promotion_raises_unless_overridden_with_a_justification() -> None:
     report = _two_groups(30, n=60, n_bootstrap=0)
     with pytest.raises(GateRefused) as info:
-        require_promotion(report, version="v1")
+        require_fairness(report, version="v1")
     assert info.value.version == "v1"
     assert any("payment_plan" in r for r in info.value.reasons)
     override = GateOverride(
         by="risk-officer", justification="Plan eligibility differs by state law; reviewed."
     )
-    decision = require_promotion(report, version="v1", override=override)
+    decision = require_fairness(report, version="v1", override=override)
     assert decision.passed
     assert decision.reasons  # the refusal stays on record
     assert "overridden by risk-officer: Plan eligibility" in decision.warnings[-1]
@@ -424,9 +422,9 @@ def test_require_promotion_raises_unless_overridden_with_a_justification() -> No
 
 def test_an_attribute_with_one_comparable_group_is_not_judged_but_noted() -> None:
     report = _two_groups(0, n=40, n_bootstrap=0)  # m never gets the plan first
-    assert not check_promotion(report).passed
+    assert not check_fairness(report).passed
     report = fairness_report(**_small_m(report_n=40, m_n=5))
-    decision = check_promotion(report)
+    decision = check_fairness(report)
     assert decision.passed
     assert "gender: fewer than two groups are large enough to compare" in decision.warnings
     assert any("['m'] are below 30" in w for w in decision.warnings)

@@ -104,7 +104,7 @@ def test_events_within_the_range_parse() -> None:
     "version", ["../../../../tmp/x", "v20250101-000000-abcdef/../x", "champion/..", "", "latest"]
 )
 def test_monitor_drift_refuses_a_version_that_is_not_an_id_or_alias(version: str) -> None:
-    from attune.governance.monitor import DriftMonitorConfig
+    from attune.monitoring.drift_monitor import DriftMonitorConfig
 
     with pytest.raises(ValidationError) as err:
         DriftMonitorConfig(registry="/r", version=version, decisions="/d")
@@ -112,13 +112,15 @@ def test_monitor_drift_refuses_a_version_that_is_not_an_id_or_alias(version: str
 
 
 def test_monitor_drift_refuses_an_alias_file_naming_a_path(tmp_path: Path) -> None:
-    from attune.errors import InvalidInput
-    from attune.governance.monitor import resolve_version
+    """The monitor reads the alias through the registry, which refuses a path in it."""
+    from attune.errors import ArtifactCorrupted
+    from attune.monitoring.drift_monitor import drift_config, run_drift_monitor
 
     (tmp_path / "aliases").mkdir()
     (tmp_path / "aliases/champion.json").write_text(json.dumps({"version": "../../../tmp/x"}))
-    with pytest.raises(InvalidInput, match="not a version id"):
-        resolve_version(str(tmp_path), "champion")
+    config = drift_config(registry=str(tmp_path), version="champion", decisions=str(tmp_path))
+    with pytest.raises(ArtifactCorrupted, match="unreadable alias"):
+        run_drift_monitor(config)
 
 
 def test_monitor_drift_cli_exits_with_an_error_for_a_path_version(

@@ -15,8 +15,8 @@ from attune.data.spec import FEATURE_NAMES
 from attune.errors import InvalidInput
 from attune.governance.drift import drift_reference
 from attune.governance.fairness import fairness_report
-from attune.governance.gate import check_promotion
-from attune.governance.modelcard import (
+from attune.governance.gates.fairness_gate import check_fairness
+from attune.governance.model_card import (
     GovernanceRecord,
     governance_record,
     render_model_card,
@@ -78,7 +78,7 @@ def _record(fairness: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "metrics": {"ndcg@3": 0.71, "map": 0.52},
         "parity": {"max_abs_diff": 2.4e-7, "order_agreement": 1.0, "passed": True},
         "fairness": fairness,
-        "gate": check_promotion(fairness),
+        "gate": check_fairness(fairness),
         "drift_reference": drift_reference(X, FEATURE_NAMES, spec_hash="5e1f"),
         "params": {"objective": "rank:ndcg", "max_depth": 4},
         "explanations": {
@@ -94,9 +94,10 @@ def _record(fairness: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def _moves() -> list[dict[str, Any]]:
     """Alias moves as the registry logs them."""
-    from attune.registry.models import AliasMove, GateOutcome
+    from attune.governance.gates.decision import GateDecision
+    from attune.registry.models import AliasMove
 
-    refused = GateOutcome(gate="fairness", passed=False, reasons=["exposure below 0.8"])
+    refused = GateDecision(gate="fairness", passed=False, reasons=["exposure below 0.8"])
     moves = [
         AliasMove(
             alias="shadow",
@@ -139,7 +140,7 @@ def test_a_refused_version_shows_its_reasons_and_flags() -> None:
     assert record["fairness"]["passed"] is False
     assert "Fairness gate: **REFUSED**" in card
     assert "Four-fifths rule: **NOT met**" in card
-    for reason in check_promotion(fairness).reasons:
+    for reason in check_fairness(fairness).reasons:
         assert f"- refused: {reason}" in card
     assert "below 4/5" in card
 

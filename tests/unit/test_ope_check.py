@@ -93,7 +93,11 @@ def test_candidate_worse_than_champion_is_refused(
     )
     assert check.decision is not None and check.decisions_used == 600
     assert not check.decision.passed
-    assert check.decision.candidate.ci_high < check.decision.champion.value
+    evidence = check.decision.evidence or {}
+    assert evidence["candidate"]["ci_high"] < evidence["champion"]["value"]
+    printed = check.to_dict()["verdict"]  # what `attune rollout canary` prints, as before
+    assert printed is not None and set(printed) == {"passed", "reason", "candidate", "champion"}
+    assert printed["reason"] == check.decision.reasons[0] and printed["passed"] is False
 
 
 def test_candidate_better_than_champion_passes(

@@ -8,15 +8,15 @@ import pytest
 
 from attune.errors import GateRefused, InvalidInput
 from attune.experiments.bandits import DecisionContext, build_policy
-from attune.experiments.gate import (
+from attune.experiments.ope import PolicyEstimate
+from attune.experiments.policy_config import EpsilonGreedyConfig, SoftmaxConfig
+from attune.governance.gates.ope_gate import (
     LOG_ROW_COLUMNS,
     explode_decisions,
     ope_gate,
     ope_gate_from_log,
     slate_target_probs,
 )
-from attune.experiments.ope import PolicyEstimate
-from attune.experiments.policy_config import EpsilonGreedyConfig, SoftmaxConfig
 
 OPTIONS = [f"opt{i}" for i in range(8)]
 BIAS = np.array([1.0, 0.6, 0.35])
@@ -42,8 +42,8 @@ def test_gate_refuses_only_when_upper_bound_is_below_champion_estimate(
 ) -> None:
     decision = ope_gate(candidate_value=candidate, champion_value=champion)
     assert decision.passed is passed
-    assert f"{candidate.ci_high:.4g}" in decision.reason
-    assert decision.to_dict()["candidate"]["ci_high"] == candidate.ci_high
+    assert f"{candidate.ci_high:.4g}" in decision.reasons[0]
+    assert decision.to_dict()["evidence"]["candidate"]["ci_high"] == candidate.ci_high
 
 
 def test_refused_gate_raises_gate_refused_with_version_and_reason() -> None:
@@ -53,7 +53,7 @@ def test_refused_gate_raises_gate_refused_with_version_and_reason() -> None:
     with pytest.raises(GateRefused) as info:
         decision.enforce(version="v42")
     assert info.value.version == "v42" and info.value.gate == "ope"
-    assert info.value.reasons == [decision.reason]
+    assert info.value.reasons == list(decision.reasons)
     ope_gate(
         candidate_value=_estimate(0.5, 0.4, 0.6), champion_value=_estimate(0.5, 0.4, 0.6)
     ).enforce(version="v43")  # passes silently
@@ -140,9 +140,10 @@ def test_gate_from_serving_log_refuses_a_worse_ranker_and_passes_better_ones(
         champion_probs=slate_target_probs(log, _greedy(champion_scores)),
         estimator="snips",
     )
-    assert decision.passed is passed, decision.reason
+    assert decision.passed is passed, decision.reasons
     if candidate == "truth":
-        assert decision.candidate.value > decision.champion.value
+        assert decision.evidence is not None
+        assert decision.evidence["candidate"]["value"] > decision.evidence["champion"]["value"]
 
 
 def test_explode_skips_shadow_and_unexplored_decisions_and_fills_missing_rewards() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import types
 from collections.abc import Mapping
@@ -24,8 +23,9 @@ from attune.errors import (
     VersionExists,
     VersionNotFound,
 )
+from attune.governance.gates.decision import GateDecision
+from attune.governance.gates.promotion import check_promotion, fairness_gate
 from attune.registry import Registry
-from attune.registry.gates import fairness_gate, outcome_of
 from attune.registry.models import MANIFEST, VERSION_ID
 
 T0 = datetime(2026, 11, 28, 1, 22, 33, tzinfo=UTC)
@@ -60,9 +60,9 @@ class FakeGate:
     reasons: list[str] = field(default_factory=list)
     seen: list[Mapping[str, Any]] = field(default_factory=list)
 
-    def __call__(self, fairness_report: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, fairness_report: Mapping[str, Any]) -> GateDecision:
         self.seen.append(fairness_report)
-        return {"passed": self.passed, "reasons": self.reasons}
+        return GateDecision(gate="fairness", passed=self.passed, reasons=tuple(self.reasons))
 
 
 @pytest.fixture
@@ -342,7 +342,7 @@ def test_override_with_justification_is_recorded(registry: Registry) -> None:
     assert move.override and move.gate is not None and not move.gate.passed
     (logged,) = registry.history(version=version)
     assert logged.override and logged.justification == "incident 42: roll forward"
-    assert logged.gate is not None and logged.gate.reasons == ["gap 0.3 > 0.1"]
+    assert logged.gate is not None and logged.gate.reasons == ("gap 0.3 > 0.1",)
 
 
 @pytest.mark.parametrize("justification", [None, "", "   "])
@@ -363,10 +363,7 @@ def test_override_without_justification_is_refused(
     assert registry.aliases() == {}
 
 
-def test_promotion_without_gate_or_fairness_report_is_refused(registry: Registry) -> None:
-    version = registry.register(FILES, metadata={})
-    with pytest.raises(GateRefused, match="no fairness gate"):
-        registry.set_alias("champion", version, by="ana", gate=None)
+def test_promotion_without_fairness_report_is_refused(registry: Registry) -> None:
     bare = registry.register({"model.onnx": b"x"}, metadata={})
     with pytest.raises(GateRefused, match=r"has no fairness\.json"):
         registry.set_alias("canary", bare, by="ana", gate=FakeGate(passed=True))
@@ -454,33 +451,30 @@ def test_gate_bounds_come_from_the_gate_config(
     assert caught.value.field == "min_exposure_ratio"
 
 
-def test_missing_governance_module_refuses_promotion(
-    registry: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "attune.governance.gate", None)
+def test_a_missing_fairness_report_is_a_refusal(registry: Registry) -> None:
     version = registry.register(FILES, metadata={})
-    with pytest.raises(GateRefused, match="no fairness gate"):
-        registry.set_alias("champion", version, by="ana")
+    decision = check_promotion(version=version, fairness_report=None)
+    assert decision == GateDecision(
+        gate="fairness", passed=False, reasons=(f"version {version} has no fairness.json",)
+    )
 
 
 @pytest.mark.parametrize(
-    ("decision", "passed", "reasons"),
-    [
-        (types.SimpleNamespace(passed=True, reasons=()), True, []),
-        (types.SimpleNamespace(allowed=False, reasons=["r"]), False, ["r"]),
-        ({"approved": False, "reasons": "one reason"}, False, ["one reason"]),
-        (True, True, []),
-    ],
+    "returned", [types.SimpleNamespace(passed=True, reasons=()), {"passed": True}, True]
 )
-def test_gate_decisions_are_normalized(decision: Any, passed: bool, reasons: list[str]) -> None:
-    outcome = outcome_of(decision)
-    assert (outcome.passed, outcome.reasons) == (passed, reasons)
-
-
-@pytest.mark.parametrize("decision", [None, {"reasons": []}, types.SimpleNamespace(passed="yes")])
-def test_gate_decision_without_a_verdict_is_an_error(decision: Any) -> None:
+def test_a_gate_must_return_a_gate_decision(returned: Any) -> None:
     with pytest.raises(TypeError):
-        outcome_of(decision)
+        check_promotion(version="v1", fairness_report=b"{}", gate=lambda report: returned)
+
+
+def test_an_alias_file_keeps_gate_passed_and_reasons(
+    registry: Registry, reports: dict[str, dict[str, Any]]
+) -> None:
+    fair = registry.register(_with_report(reports["fair"]), metadata={})
+    registry.set_alias("canary", fair, by="ana")
+    stored = json.loads((Path(registry.uri) / "aliases" / "canary.json").read_text())
+    assert set(stored["gate"]) == {"gate", "passed", "reasons"}
+    assert registry.alias("canary").gate == GateDecision.model_validate(stored["gate"])
 
 
 # --------------------------------------------------------------------------- CLI

@@ -263,7 +263,7 @@ def materialize(
     as of ``config.as_of`` (default: now) per borrower bucket on Ray Data, commits the
     snapshot directory atomically and then moves ``latest.json`` (only forward in
     time). ``sink`` (picklable) also gets every bucket's rows where they are computed:
-    the online store's writer (attune.online.materialize). Returns the snapshot's
+    the online store's writer (attune.online.snapshot). Returns the snapshot's
     :class:`SnapshotInfo`.
     """
     config = config or MaterializeConfig()

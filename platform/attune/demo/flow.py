@@ -212,10 +212,10 @@ def train(config: DemoConfig, paths: Paths, summary: Any, *, role: str, seed: in
 
 
 def _fairness_verdict(registry: Any, version: str) -> str:
-    from attune.governance.gate import check_promotion
+    from attune.governance.gates.fairness_gate import check_fairness
 
     try:
-        decision = check_promotion(registry.read_json(version, "fairness.json"))
+        decision = check_fairness(registry.read_json(version, "fairness.json"))
     except Exception as exc:  # a missing report is itself a verdict worth showing
         return f"no verdict ({type(exc).__name__})"
     if decision.passed:
@@ -412,7 +412,7 @@ def _experiment_facts(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def drift(paths: Paths, version: str, summary: Any) -> None:
-    from attune.governance.monitor import drift_config, run_drift_monitor
+    from attune.monitoring.drift_monitor import drift_config, run_drift_monitor
 
     report = run_drift_monitor(
         drift_config(

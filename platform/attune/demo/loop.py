@@ -280,15 +280,15 @@ class Loop:
             estimator=cfg.estimator,
         )
         ope = None
-        if check.decision is not None:
-            est = check.decision.candidate
+        if check.decision is not None and check.decision.evidence is not None:
+            est = check.decision.evidence["candidate"]
             ope = {
-                "estimator": est.estimator,
-                "value": est.value,
-                "ci_low": est.ci_low,
-                "ci_high": est.ci_high,
+                "estimator": est["estimator"],
+                "value": est["value"],
+                "ci_low": est["ci_low"],
+                "ci_high": est["ci_high"],
                 "n": check.decisions_used,
-                "champion_value": check.decision.champion.value,
+                "champion_value": check.decision.evidence["champion"]["value"],
             }
         seen = np.concatenate(self.served)
         refs = self._references(seen)

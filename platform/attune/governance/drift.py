@@ -161,18 +161,12 @@ def prometheus_text(report: dict[str, Any], *, model_version: str) -> str:
     )
     for name, entry in report["features"].items():
         psi.labels(model_version=model_version, feature=name).set(entry["psi"])
-    Gauge(
-        "attune_drift_max_psi",
-        "Largest feature PSI of the latest drift report.",
-        ["model_version"],
-        registry=registry,
-    ).labels(model_version=model_version).set(report["max_psi"])
-    Gauge(
-        "attune_drift_rows",
-        "Served candidate rows the latest drift report compared.",
-        ["model_version"],
-        registry=registry,
-    ).labels(model_version=model_version).set(report["n_rows"])
+    for metric, help_text, key in (
+        ("attune_drift_max_psi", "Largest feature PSI of the latest drift report.", "max_psi"),
+        ("attune_drift_rows", "Served candidate rows the latest drift report compared.", "n_rows"),
+    ):
+        gauge = Gauge(metric, help_text, ["model_version"], registry=registry)
+        gauge.labels(model_version=model_version).set(report[key])
     return generate_latest(registry).decode()
 
 

@@ -4,7 +4,7 @@
 registry that does not exist is an error (exit status 5), not an empty table. ``list``
 prints a table (or JSON with ``--json``); ``show`` prints a version's manifest, a summary of its
 ``metrics.json``, the aliases that point at it and its alias history, as JSON;
-``alias`` moves an alias through the fairness gate (see :mod:`attune.registry.gates`;
+``alias`` moves an alias through the fairness gate (see :mod:`attune.governance.gates.promotion`;
 ``--gate-config`` sets its bounds) and prints the recorded move.
 """
 
@@ -171,7 +171,7 @@ def _alias(args: argparse.Namespace) -> int:
         import yaml
 
         from attune import storage
-        from attune.registry.gates import fairness_gate
+        from attune.governance.gates.promotion import fairness_gate
 
         try:
             bounds = yaml.safe_load(storage.read_bytes(args.gate_config)) or {}

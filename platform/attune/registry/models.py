@@ -14,14 +14,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from attune.errors import ConfigError
+from attune.governance.gates.decision import GateDecision
 
 #: Aliases that may point at a version. ``champion`` and ``canary`` take live traffic.
 ALIASES: tuple[str, ...] = ("champion", "canary", "shadow")
-#: Aliases whose moves must pass the fairness gate (``shadow`` answers are only logged).
-GATED_ALIASES: frozenset[str] = frozenset({"champion", "canary"})
 AliasName = Literal["champion", "canary", "shadow"]
 
 MANIFEST = "MANIFEST.json"
@@ -65,6 +72,14 @@ def config_error(exc: ValidationError) -> ConfigError:
     return ConfigError(field=field, value=first.get("input"), problem=first["msg"])
 
 
+def _require_justification(*, override: bool, justification: str | None) -> None:
+    """An override must say why (a blank justification is none)."""
+    if override and not (justification or "").strip():
+        raise ValueError(
+            f"override ({override}) requires a justification (got justification={justification!r})"
+        )
+
+
 class FileEntry(BaseModel):
     """Size and sha256 of one stored file."""
 
@@ -96,16 +111,6 @@ class Manifest(BaseModel):
         return files
 
 
-class GateOutcome(BaseModel):
-    """What a promotion gate said about a version."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    gate: str = Field(description="Which gate ran, e.g. 'fairness'.")
-    passed: bool = Field(description="True when the gate allowed the promotion.")
-    reasons: list[str] = Field(default_factory=list, description="Why it refused (or notes).")
-
-
 class AliasMove(BaseModel):
     """One alias move: the content of ``aliases/<alias>.json`` and one alias-log entry."""
 
@@ -120,15 +125,16 @@ class AliasMove(BaseModel):
     override: bool = Field(
         default=False, description="True when this move overrode a gate refusal."
     )
-    gate: GateOutcome | None = Field(default=None, description="The gate's verdict, if gated.")
+    gate: GateDecision | None = Field(default=None, description="The gate's verdict, if gated.")
+
+    @field_serializer("gate")
+    def _gate_record(self, gate: GateDecision | None) -> dict[str, Any] | None:
+        # An alias file keeps gate, passed and reasons of the verdict (format 1).
+        return None if gate is None else gate.record()
 
     @model_validator(mode="after")
     def _override_is_justified(self) -> AliasMove:
-        if self.override and not (self.justification or "").strip():
-            raise ValueError(
-                f"override ({self.override}) requires a justification "
-                f"(got justification={self.justification!r})"
-            )
+        _require_justification(override=self.override, justification=self.justification)
         return self
 
 
@@ -145,11 +151,7 @@ class AliasRequest(BaseModel):
 
     @model_validator(mode="after")
     def _override_is_justified(self) -> AliasRequest:
-        if self.override and not (self.justification or "").strip():
-            raise ValueError(
-                f"override ({self.override}) requires a justification "
-                f"(got justification={self.justification!r})"
-            )
+        _require_justification(override=self.override, justification=self.justification)
         return self
 
 

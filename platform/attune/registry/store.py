@@ -35,9 +35,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from attune import storage
 from attune.errors import (
@@ -46,22 +46,20 @@ from attune.errors import (
     ConfigError,
     Conflict,
     GateRefused,
-    InvalidInput,
     StoreNotFound,
     VersionExists,
     VersionNotFound,
 )
-from attune.registry.gates import FAIRNESS_GATE, PromotionGate, fairness_gate, outcome_of
+from attune.governance.gates.decision import GateDecision
+from attune.governance.gates.promotion import GATED_ALIASES, PromotionGate, check_promotion
 from attune.registry.models import (
     ALIASES,
     FAIRNESS,
-    GATED_ALIASES,
     MANIFEST,
     VERSION_ID,
     AliasMove,
     AliasRequest,
     FileEntry,
-    GateOutcome,
     Manifest,
     VersionInfo,
     check_file_name,
@@ -70,7 +68,20 @@ from attune.registry.models import (
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_GATE: Any = object()
+_Record = TypeVar("_Record", bound=BaseModel)
+
+
+def _parse(model: type[_Record], raw: bytes, *, uri: str, what: str) -> _Record:
+    """``raw`` as a ``model``; ArtifactCorrupted names the first bad field otherwise."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ArtifactCorrupted(
+            uri=uri,
+            problem=f"unreadable {what}: {config_error(exc).message}",
+            expected_sha256=None,
+            actual_sha256=_sha256(raw),
+        ) from exc
 
 
 def _utcnow() -> datetime:
@@ -183,15 +194,7 @@ class Registry:
             raw = storage.read_bytes(uri)
         except StoreNotFound as exc:
             raise VersionNotFound(registry=self.uri, version=version) from exc
-        try:
-            manifest = Manifest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ArtifactCorrupted(
-                uri=uri,
-                problem=f"unreadable manifest: {config_error(exc).message}",
-                expected_sha256=None,
-                actual_sha256=_sha256(raw),
-            ) from exc
+        manifest = _parse(Manifest, raw, uri=uri, what="manifest")
         if manifest.version != version:
             raise ArtifactCorrupted(
                 uri=uri,
@@ -279,15 +282,7 @@ class Registry:
             raw = storage.read_bytes(uri)
         except StoreNotFound as exc:
             raise AliasNotFound(registry=self.uri, alias=alias) from exc
-        try:
-            return AliasMove.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ArtifactCorrupted(
-                uri=uri,
-                problem=f"unreadable alias: {config_error(exc).message}",
-                expected_sha256=None,
-                actual_sha256=_sha256(raw),
-            ) from exc
+        return _parse(AliasMove, raw, uri=uri, what="alias")
 
     def aliases(self) -> dict[str, str]:
         """``{alias: version}`` for every alias that is set."""
@@ -307,16 +302,17 @@ class Registry:
         by: str,
         justification: str | None = None,
         override: bool = False,
-        gate: PromotionGate | None = _DEFAULT_GATE,
+        gate: PromotionGate | None = None,
     ) -> AliasMove:
         """Point ``alias`` at ``version`` (a version id, or another alias to copy from).
 
-        Moving ``champion`` or ``canary`` first runs ``gate`` on the version's
-        ``fairness.json`` (default: the governance stage's fairness gate; ``None``, a
-        missing or an invalid report counts as a refusal). A refusal raises GateRefused unless
-        ``override`` is set, which needs a ``justification`` and is recorded. Every move is
-        appended to the alias log. Raises ConfigError for a bad alias name or an
-        unjustified override, and VersionNotFound / AliasNotFound for ``version``.
+        Moving ``champion`` or ``canary`` first runs the promotion gates
+        (:func:`attune.governance.gates.promotion.check_promotion`; ``gate`` replaces its
+        default fairness gate; a missing or an invalid report counts as a refusal). A
+        refusal raises GateRefused unless ``override`` is set, which needs a
+        ``justification`` and is recorded. Every move is appended to the alias log.
+        Raises ConfigError for a bad alias name or an unjustified override, and
+        VersionNotFound / AliasNotFound for ``version``.
         """
         try:
             request = AliasRequest(
@@ -333,11 +329,14 @@ class Registry:
             previous: str | None = self.alias(request.alias).version
         except AliasNotFound:
             previous = None
-        outcome: GateOutcome | None = None
+        outcome: GateDecision | None = None
         if request.alias in GATED_ALIASES:
-            outcome = self._run_gate(info, fairness_gate() if gate is _DEFAULT_GATE else gate)
+            report = self._read_verified(info, FAIRNESS) if FAIRNESS in info.files else None
+            outcome = check_promotion(version=info.version, fairness_report=report, gate=gate)
             if not outcome.passed and not request.override:
-                raise GateRefused(gate=outcome.gate, version=info.version, reasons=outcome.reasons)
+                raise GateRefused(
+                    gate=outcome.gate, version=info.version, reasons=list(outcome.reasons)
+                )
         move = AliasMove(
             alias=request.alias,
             version=info.version,
@@ -356,31 +355,6 @@ class Registry:
         storage.write_bytes(self._alias_uri(move.alias), body)
         log.info("alias %s -> %s (was %s) by %s", move.alias, move.version, previous, move.by)
         return move
-
-    def _run_gate(self, info: VersionInfo, gate: PromotionGate | None) -> GateOutcome:
-        if gate is None:
-            return GateOutcome(
-                gate=FAIRNESS_GATE,
-                passed=False,
-                reasons=["no fairness gate is installed (attune.governance.gate)"],
-            )
-        if FAIRNESS not in info.files:
-            return GateOutcome(
-                gate=FAIRNESS_GATE,
-                passed=False,
-                reasons=[f"version {info.version} has no {FAIRNESS}"],
-            )
-        report = json.loads(self._read_verified(info, FAIRNESS))
-        try:
-            return outcome_of(gate(report))
-        except InvalidInput as exc:
-            # An unreadable report is a refusal like any other: it can be overridden,
-            # and the override is recorded with the reason.
-            return GateOutcome(
-                gate=FAIRNESS_GATE,
-                passed=False,
-                reasons=[f"invalid {FAIRNESS}: {exc.message}"],
-            )
 
     def history(self, *, alias: str | None = None, version: str | None = None) -> list[AliasMove]:
         """Alias moves, oldest first; only those of ``alias`` and/or involving ``version``."""

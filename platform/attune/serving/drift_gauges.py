@@ -62,7 +62,7 @@ class DriftGauges:
 
     def refresh(self, versions: Iterable[str], *, now: datetime | None = None) -> int:
         """Set the gauges from each version's latest report; returns how many were read."""
-        from attune.governance.monitor import latest_report_uri
+        from attune.monitoring.drift_monitor import latest_report_uri
 
         gauges = self._metrics()
         now = now or datetime.now(UTC)

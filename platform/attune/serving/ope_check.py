@@ -4,7 +4,7 @@ Before a candidate takes canary traffic, both it and the champion re-score the
 candidates of the served *exploring* decisions (those logged with propensities: the
 app's ``exploration`` knob), each as a greedy top-``slate`` ranker, and their values are
 estimated off-policy (SNIPS by default) by
-:func:`attune.experiments.gate.ope_gate_from_log`. The candidate is refused
+:func:`attune.governance.gates.ope_gate.ope_gate_from_log`. The candidate is refused
 (:class:`attune.errors.GateRefused`) when the upper bound of its estimate is below the
 champion's estimate: the logs already show it is worse.
 
@@ -27,7 +27,7 @@ import pandas as pd
 
 from attune import storage
 from attune.data.schema import SLATE_SIZE
-from attune.experiments.gate import (
+from attune.governance.gates.ope_gate import (
     GateDecision,
     explode_decisions,
     ope_gate_from_log,
@@ -69,8 +69,15 @@ class OpeCheck:
             "skipped_without_propensities": self.skipped_without_propensities,
             "skipped_open_window": self.skipped_open_window,
             "skipped_other_spec": self.skipped_other_spec,
-            "verdict": None if self.decision is None else self.decision.to_dict(),
+            "verdict": None if self.decision is None else _printed(self.decision),
         }
+
+
+def _printed(decision: GateDecision) -> dict[str, object]:
+    """The verdict as ``attune rollout canary`` has always printed it (one ``reason``)."""
+    return {"passed": decision.passed, "reason": "; ".join(decision.reasons)} | (
+        decision.evidence or {}
+    )
 
 
 def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame:

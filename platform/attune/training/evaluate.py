@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attune import storage
 from attune.data.schema import OPTION_IDS, SLATE_SIZE, TOUCHPOINTS
 from attune.data.spec import BORROWER_FEATURES, CONTEXT_FEATURES, FeatureSpec
 from attune.errors import FeatureSpecMismatch, SchemaError
@@ -362,23 +363,10 @@ def write_report(metrics: dict[str, Any], policy: PolicyReport, out_dir: str | P
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=2, sort_keys=True))
+    (out / "metrics.json").write_text(
+        json.dumps(storage.to_jsonable(metrics), indent=2, sort_keys=True)
+    )
     plot_policy_values(policy, out / "policy_values.png")
     plot_option_mix(policy, out / "option_mix.png")
     plot_ranking_metrics(metrics["test"], out / "ranking_metrics.png")
     return out / "metrics.json"
-
-
-def to_jsonable(obj: Any) -> Any:
-    """``obj`` with numpy scalars as Python numbers and NaN/inf as None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

@@ -19,13 +19,13 @@ Every tree of the booster is exported, as ``Booster.predict`` uses every tree by
 A caller that trained with early stopping and wants the best iteration slices the
 booster first (``booster[: booster.best_iteration + 1]``) and gates that slice.
 
-The gate (:func:`check_parity`) runs the ONNX model in ONNX Runtime (one intra-op
-thread, the serving configuration) and native XGBoost (``output_margin=True``) over a
-whole split, and passes only when ``max |onnx - native| <= tolerance`` *and* the order of
-rows inside every ranking group (qid) is identical on both sides. Orders are compared
-with a stable sort on ``(qid, -score)``, so exact ties keep their row order on both
-sides. :func:`export_and_check` raises :class:`~attune.errors.ParityError` on failure: a
-model that fails the gate is never registered.
+:func:`check_parity` runs the ONNX model in ONNX Runtime (one intra-op thread, the
+serving configuration) and native XGBoost (``output_margin=True``) over a whole split,
+and the parity gate (:mod:`attune.governance.gates.parity_gate`) judges the two: it
+passes only when ``max |onnx - native| <= tolerance`` *and* the order of rows inside
+every ranking group (qid) is identical on both sides. :func:`export_and_check` raises
+:class:`~attune.errors.ParityError` on failure: a model that fails the gate is never
+registered.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attune.errors import ConfigError, FeatureSpecMismatch, InvalidInput, ParityError
+from attune.errors import ConfigError, FeatureSpecMismatch, InvalidInput
+from attune.governance.gates.parity_gate import ParityReport, compare_scores, require_parity
 from attune.training.search_space import OBJECTIVES
 
 if TYPE_CHECKING:
@@ -56,23 +56,6 @@ DEFAULT_TOLERANCE = 1e-4
 IDENTITY_OBJECTIVES: frozenset[str] = frozenset({*OBJECTIVES, "reg:squarederror"})
 
 Exporter = Callable[..., bytes]
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    """What the parity gate measured on one split (written as ``parity.json``)."""
-
-    max_abs_diff: float
-    mean_abs_diff: float
-    n_rows: int
-    n_groups: int
-    groups_in_order: int
-    order_agreement: float
-    tolerance: float
-    passed: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- export
@@ -242,22 +225,6 @@ def _validated_inputs(
     return np.ascontiguousarray(X, dtype=np.float32), qid
 
 
-def _group_order_agreement(
-    qid: np.ndarray, native: np.ndarray, onnx: np.ndarray
-) -> tuple[int, int]:
-    """``(groups whose within-group order is identical, groups)``."""
-    # lexsort is stable: sort by qid, then by descending score, ties in row order. The
-    # qid blocks line up on both sides, so positions agree iff every group's order does.
-    native_order = np.lexsort((-native, qid))
-    onnx_order = np.lexsort((-onnx, qid))
-    _, group_of_position = np.unique(qid[native_order], return_inverse=True)
-    n_groups = int(group_of_position.max()) + 1
-    mismatched = np.bincount(
-        group_of_position, weights=(native_order != onnx_order), minlength=n_groups
-    )
-    return int(np.count_nonzero(mismatched == 0)), n_groups
-
-
 def check_parity(
     onnx_bytes: bytes,
     booster: xgboost.Booster,
@@ -282,21 +249,7 @@ def check_parity(
             onnx_rows=onnx.shape[0],
             rows=native.shape[0],
         )
-    diff = np.abs(onnx.astype(np.float64) - native.astype(np.float64))
-    finite = bool(np.all(np.isfinite(diff)))
-    max_abs = float(diff.max()) if finite else float("inf")
-    mean_abs = float(diff.mean()) if finite else float("inf")
-    in_order, n_groups = _group_order_agreement(qid, native, onnx)
-    report = ParityReport(
-        max_abs_diff=max_abs,
-        mean_abs_diff=mean_abs,
-        n_rows=int(X.shape[0]),
-        n_groups=n_groups,
-        groups_in_order=in_order,
-        order_agreement=in_order / n_groups,
-        tolerance=tolerance,
-        passed=finite and max_abs <= tolerance and in_order == n_groups,
-    )
+    report = compare_scores(native, onnx, qid, tolerance=tolerance)
     log.info("parity: %s", report)
     return report
 
@@ -319,10 +272,5 @@ def export_and_check(
     X, qid = _validated_inputs(booster, X, qid, tolerance)
     onnx_bytes = exporter(booster, n_features=int(X.shape[1]))
     report = check_parity(onnx_bytes, booster, X, qid, tolerance=tolerance)
-    if not report.passed:
-        raise ParityError(
-            max_abs_diff=report.max_abs_diff,
-            order_agreement=report.order_agreement,
-            tolerance=tolerance,
-        )
+    require_parity(report)
     return onnx_bytes, report

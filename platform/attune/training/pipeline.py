@@ -36,7 +36,6 @@ from attune.simulator.ground_truth import load_ground_truth
 from attune.training import evaluate
 from attune.training.config import TuneConfig
 from attune.training.dataset import RankingDataset, load_dataset
-from attune.training.model_card import render_basic_card
 from attune.training.tune import (
     SweepResult,
     TrialSummary,
@@ -169,25 +168,28 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
         "model.onnx": onnx_bytes,
         "model.ubj": bytes(booster.save_raw("ubj")),
         "feature_spec.json": dataset.spec.to_json().encode(),
-        "params.json": _json(_params(sweep, config, booster.num_boosted_rounds())),
-        "metrics.json": _json(metrics),
-        "parity.json": _json(parity.to_dict()),
-        "lineage.json": _json(_lineage(dataset, histories, sweep, config, name)),
+        "params.json": storage.json_bytes(_params(sweep, config, booster.num_boosted_rounds())),
+        "metrics.json": storage.json_bytes(metrics),
+        "parity.json": storage.json_bytes(parity.to_dict()),
+        "lineage.json": storage.json_bytes(_lineage(dataset, histories, sweep, config, name)),
     }
     for png in sorted(report_dir.glob("*.png")):
         files[f"plots/{png.name}"] = png.read_bytes()
-    governance, skipped = _governance_files(
+    from attune.governance.version_files import governance_files
+
+    governance, skipped = governance_files(
         booster=booster,
-        dataset=dataset,
-        histories=histories,
+        test=test,
+        feature_names=dataset.spec.names,
+        spec_hash=dataset.spec.hash,
+        served_rows=presentations.candidates,
         score=score,
+        histories=histories,
         name=name,
-        card_inputs={
-            "params": json.loads(files["params.json"]),
-            "metrics": metrics,
-            "parity": parity.to_dict(),
-            "lineage": json.loads(files["lineage.json"]),
-        },
+        params=json.loads(files["params.json"]),
+        metrics=metrics,
+        parity=parity.to_dict(),
+        lineage=json.loads(files["lineage.json"]),
     )
     files.update(governance)
 
@@ -195,7 +197,7 @@ def train_and_register(config: TuneConfig, *, exporter: Exporter | None = None) 
 
     version = Registry(config.registry).register(
         files,
-        metadata=evaluate.to_jsonable(
+        metadata=storage.to_jsonable(
             {
                 "kind": "xgboost-ranker",
                 "experiment": name,
@@ -365,104 +367,3 @@ def _lineage(
         },
         "created_at": datetime.now(UTC).isoformat(),
     }
-
-
-def _governance_files(
-    *,
-    booster: Any,
-    dataset: RankingDataset,
-    histories: str,
-    score: evaluate.Scorer,
-    name: str,
-    card_inputs: dict[str, Any],
-) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Governance's files for the version (fairness, explanations, drift, record, card).
-
-    Without a protected table under the histories there is no fairness report and so
-    no governance record: the basic model card is written instead and the reason is
-    returned in the second element (file -> why it is absent).
-    """
-    from attune.governance import plots
-    from attune.governance.drift import drift_reference
-    from attune.governance.explain import explanation_summary
-    from attune.governance.fairness import fairness_report
-    from attune.governance.gate import check_promotion
-    from attune.governance.modelcard import governance_record, render_model_card
-
-    test = dataset["test"]
-    names = dataset.spec.names
-    explanations = explanation_summary(booster, test.X, names)
-    # The reference is what serving will see: every catalog option scored at position 1
-    # (the logged rows' positions 1-3 would flag `position` as drifted on every request).
-    served_rows = evaluate.presentations_from_split(test, dataset.spec).candidates
-    drift = drift_reference(served_rows, names, spec_hash=dataset.spec.hash)
-    files: dict[str, bytes] = {
-        "explanations.json": _json(explanations),
-        "drift_reference.json": _json(drift),
-        "plots/explanations.png": plots.explanation_png(explanations),
-    }
-    protected_uri = storage.join(histories, "protected")
-    if not storage.list_uris(protected_uri):
-        why = f"no protected table under {protected_uri}"
-        files["model_card.md"] = render_basic_card(**card_inputs).encode()
-        return files, {"fairness.json": why, "governance.json": why}
-    # Scored as serving scores candidates, all at position 1: with the logged positions
-    # "ranked first" would mostly repeat the logging policy's slot for the option.
-    at_serving = test.X.copy()
-    if "position" in names:
-        at_serving[:, names.index("position")] = 1.0
-    fairness = fairness_report(
-        scores=score(at_serving),
-        qid=test.qid,
-        option_ids=test.option_id,
-        labels=test.label,
-        borrower_ids=test.borrower_id,
-        protected=_read_parquet_dir(protected_uri),
-    )
-    metrics = card_inputs["metrics"]
-    record = governance_record(
-        # The registry names a version by the hash of its files, this record among them,
-        # so the record carries the experiment name; the registry maps it to the id.
-        version=name,
-        features=names,
-        lineage=card_inputs["lineage"],
-        metrics=_headline(metrics),
-        parity=card_inputs["parity"],
-        fairness=fairness,
-        gate=check_promotion(fairness),
-        drift_reference=drift,
-        params=card_inputs["params"]["ranker"],
-        explanations=explanations,
-    )
-    files.update(
-        {
-            "fairness.json": _json(fairness),
-            "plots/fairness.png": plots.fairness_png(fairness),
-            "governance.json": _json(record),
-            "model_card.md": render_model_card(record).encode(),
-        }
-    )
-    return files, {}
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The flat figures a reviewer reads first (test metrics, policy values and shares)."""
-    out: dict[str, Any] = {f"test {k}": v for k, v in metrics["test"].items()}
-    for policy, value in metrics["policy_values"].items():
-        out[f"policy value: {policy}"] = value
-        out[f"share of oracle lift: {policy}"] = metrics["share_of_oracle_lift"][policy]
-    out["validation ndcg@3"] = metrics["validation"]["ndcg@3"]
-    return dict(evaluate.to_jsonable(out))
-
-
-def _read_parquet_dir(uri: str) -> Any:
-    import pyarrow.dataset as pads
-
-    fs, path = storage.pyarrow_filesystem(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
-
-
-def _json(obj: Any) -> bytes:
-    return json.dumps(
-        evaluate.to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False, default=str
-    ).encode()

@@ -1,10 +1,10 @@
 """The fairness gate: may a model version take live traffic (``champion`` / ``canary``)?
 
-:func:`check_promotion` reads a version's ``fairness.json`` (the
+:func:`check_fairness` reads a version's ``fairness.json`` (the
 :class:`~attune.governance.fairness.FairnessReport`) and compares it with the bounds of
 a :class:`FairnessGateConfig`. It returns a :class:`GateDecision`; it never raises for a
 refusal, so the registry can record the verdict and honour a justified override.
-:func:`require_promotion` is the raising form for callers outside the registry.
+:func:`require_fairness` is the raising form for callers outside the registry.
 
 What is checked, per protected attribute (groups the report suppressed for being small
 are not compared):
@@ -49,6 +49,7 @@ from attune.governance.fairness import (
     FairnessReport,
     MetricSummary,
 )
+from attune.governance.gates.decision import GateDecision, GateOverride
 
 GATE_NAME = "fairness"
 
@@ -143,25 +144,6 @@ class FairnessGateConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    """The gate's verdict: ``passed``, the ``reasons`` it refused, and ``warnings``."""
-
-    passed: bool
-    reasons: tuple[str, ...]
-    warnings: tuple[str, ...] = ()
-    checked: tuple[str, ...] = field(default=())  # "<attribute>/<metric>" pairs compared
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "gate": GATE_NAME,
-            "passed": self.passed,
-            "reasons": list(self.reasons),
-            "warnings": list(self.warnings),
-            "checked": list(self.checked),
-        }
-
-
 @dataclass
 class _Verdict:
     """Reasons, warnings and checked pairs as the gate collects them."""
@@ -198,7 +180,7 @@ class _Verdict:
             self.warnings.append(f"{where} is below {warn:g}{small}")
 
 
-def check_promotion(
+def check_fairness(
     report: Mapping[str, Any], config: FairnessGateConfig | None = None
 ) -> GateDecision:
     """Judge a fairness report (the dict of ``fairness.json``) against ``config``.
@@ -253,6 +235,7 @@ def check_promotion(
         _judge_exposure(verdict, attribute, part)
         _judge_differences(verdict, attribute, part)
     return GateDecision(
+        gate=GATE_NAME,
         passed=not verdict.reasons,
         reasons=tuple(verdict.reasons),
         warnings=tuple(verdict.warnings),
@@ -345,44 +328,27 @@ def _judge_differences(verdict: _Verdict, attribute: str, part: AttributeReport)
             )
 
 
-class GateOverride(BaseModel):
-    """A person's decision to promote despite a refusal, with a written justification."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    by: str = Field(min_length=1, description="Who takes responsibility for the override.")
-    justification: str = Field(
-        min_length=20, description="Why the refusal is acceptable; kept in the alias history."
-    )
-
-
-def require_promotion(
+def require_fairness(
     report: Mapping[str, Any],
     config: FairnessGateConfig | None = None,
     *,
     version: str,
     override: GateOverride | None = None,
 ) -> GateDecision:
-    """:func:`check_promotion`, raising :class:`GateRefused` on refusal unless overridden.
+    """:func:`check_fairness`, raising :class:`GateRefused` on refusal unless overridden.
 
     An override turns a refusal into a passing decision whose warnings carry who
     overrode it and why, so the record shows the reasons and the justification together.
     """
-    decision = check_promotion(report, config)
+    decision = check_fairness(report, config)
     if decision.passed:
         return decision
     if override is None:
         raise GateRefused(gate=GATE_NAME, version=version, reasons=list(decision.reasons))
-    note = f"overridden by {override.by}: {override.justification}"
-    return GateDecision(
-        passed=True,
-        reasons=decision.reasons,
-        warnings=(*decision.warnings, note),
-        checked=decision.checked,
-    )
+    return decision.overridden(override)
 
 
-def load_gate_config(data: Mapping[str, Any] | None) -> FairnessGateConfig:
+def load_fairness_config(data: Mapping[str, Any] | None) -> FairnessGateConfig:
     """A :class:`FairnessGateConfig` from YAML/JSON data; ConfigError names the bad field."""
     try:
         return FairnessGateConfig.model_validate(dict(data or {}))

@@ -18,40 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from attune.errors import GateRefused
+from attune.errors import ArgumentError
 from attune.experiments.ope import ESTIMATORS, PolicyEstimate, estimate_policy_value
-from attune.experiments.validation import ArgumentError
+from attune.governance.gates.decision import GateDecision
 
+GATE_NAME = "ope"
 #: Columns of the per-position rows the gate reads.
 LOG_ROW_COLUMNS: tuple[str, ...] = ("decision_id", "position", "action", "propensity", "reward")
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The gate's verdict with both estimates, so a person can see why."""
-
-    passed: bool
-    reason: str
-    candidate: PolicyEstimate
-    champion: PolicyEstimate
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "reason": self.reason,
-            "candidate": self.candidate.to_dict(),
-            "champion": self.champion.to_dict(),
-        }
-
-    def enforce(self, *, version: str) -> None:
-        """Raise :class:`attune.errors.GateRefused` for ``version`` unless the gate passed."""
-        if not self.passed:
-            raise GateRefused(gate="ope", version=version, reasons=[self.reason])
 
 
 def ope_gate(*, candidate_value: PolicyEstimate, champion_value: PolicyEstimate) -> GateDecision:
@@ -62,24 +39,16 @@ def ope_gate(*, candidate_value: PolicyEstimate, champion_value: PolicyEstimate)
             value=candidate_value.estimator,
             problem=f"estimator differs from champion_value's {champion_value.estimator!r}",
         )
-    if candidate_value.ci_high < champion_value.value:
-        return GateDecision(
-            passed=False,
-            reason=(
-                f"candidate's {candidate_value.estimator} upper bound "
-                f"{candidate_value.ci_high:.4g} < champion's estimate {champion_value.value:.4g}"
-            ),
-            candidate=candidate_value,
-            champion=champion_value,
-        )
+    passed = candidate_value.ci_high >= champion_value.value
     return GateDecision(
-        passed=True,
-        reason=(
-            f"candidate's {candidate_value.estimator} upper bound {candidate_value.ci_high:.4g} "
-            f">= champion's estimate {champion_value.value:.4g}"
+        gate=GATE_NAME,
+        passed=passed,
+        reasons=(
+            f"candidate's {candidate_value.estimator} upper bound "
+            f"{candidate_value.ci_high:.4g} {'>=' if passed else '<'} champion's estimate "
+            f"{champion_value.value:.4g}",
         ),
-        candidate=candidate_value,
-        champion=champion_value,
+        evidence={"candidate": candidate_value.to_dict(), "champion": champion_value.to_dict()},
     )
 
 

@@ -46,8 +46,8 @@ def add_drift_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """A validated DriftMonitorConfig from parsed arguments (ConfigError names the field)."""
-    from attune.governance.monitor import drift_config
     from attune.layout import require, resolve
+    from attune.monitoring.drift_monitor import drift_config
 
     return drift_config(
         registry=require(resolve(args, "registry"), "registry"),
@@ -64,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def drift(args: argparse.Namespace) -> int:
     """Run a drift check; ``EXIT_DRIFT_ALERT`` with ``--fail-on-alert`` and an alert."""
-    from attune.governance.monitor import run_drift_monitor, summary_line
+    from attune.monitoring.drift_monitor import run_drift_monitor, summary_line
 
     report = run_drift_monitor(config_from_args(args))
     print(summary_line(report))

@@ -2,10 +2,9 @@
 
 :func:`run_drift_monitor` is what ``attune monitor drift`` and ``jobs/drift.py`` run:
 
-1. resolve the model version (a version id, or an alias read from
-   ``<registry>/aliases/<alias>.json``) and read its ``drift_reference.json`` — the
-   registry layout of docs/contracts.md §4, read directly because governance comes
-   before the registry package in the layering;
+1. resolve the model version (a version id, or an alias) through
+   :class:`attune.registry.Registry` and read its ``drift_reference.json`` with the
+   registry's checks (the manifest's size and sha256);
 2. read the feature vectors the version actually scored from the decision log
    (``<decisions>/date=YYYY-MM-DD/*.parquet``, column ``features``: one vector per
    candidate, in feature-spec order) with pyarrow, pushing the version and date
@@ -25,22 +24,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from attune import storage
-from attune.errors import (
-    AliasNotFound,
-    ConfigError,
-    FeatureSpecMismatch,
-    InvalidInput,
-    StoreNotFound,
-    VersionNotFound,
-)
+from attune.errors import ConfigError, FeatureSpecMismatch, InvalidInput, StoreNotFound
 from attune.governance.drift import ALERT, WARN, export_ray_gauges, prometheus_text, psi_report
-from attune.registry.models import VERSION_ID
+from attune.registry import ALIASES, Registry
+from attune.registry.models import DRIFT_REFERENCE, VERSION_ID
 from attune.settings import get_settings
 
-#: Aliases a ``version`` reference may name instead of a version id.
-ALIAS_NAMES = ("champion", "canary", "shadow")
-#: A version reference: a registry version id or one of ALIAS_NAMES (never a path).
-VERSION_REF = rf"^(?:{'|'.join(ALIAS_NAMES)}|{VERSION_ID.pattern.strip('^$')})$"
+#: A version reference: a registry version id or one of its aliases (never a path).
+VERSION_REF = rf"^(?:{'|'.join(ALIASES)}|{VERSION_ID.pattern.strip('^$')})$"
 
 
 class DriftMonitorConfig(BaseModel):
@@ -89,16 +80,16 @@ def run_drift_monitor(config: DriftMonitorConfig) -> dict[str, Any]:
 
     Returns the report (see :func:`psi_report`) with ``version``, ``window`` and
     ``outputs`` (URIs of drift.json, drift.png, drift.prom) added. Raises
-    AliasNotFound / VersionNotFound / StoreNotFound for what is missing, InvalidInput
+    AliasNotFound / VersionNotFound / StoreNotFound for what is missing,
+    ArtifactCorrupted for a registry file that fails the registry's checks, InvalidInput
     when the log holds no decision of the version in the window, and
     FeatureSpecMismatch when logged vectors do not fit the reference.
     """
     from attune.governance.plots import drift_png
 
-    version = resolve_version(config.registry, config.version)
-    reference = storage.read_json(
-        storage.join(config.registry, "versions", version, "drift_reference.json")
-    )
+    registry = Registry(config.registry)
+    version = registry.resolve(config.version)
+    reference = registry.read_json(version, DRIFT_REFERENCE)
     served = read_served_features(
         config.decisions,
         version=version,
@@ -144,27 +135,6 @@ def run_drift_monitor(config: DriftMonitorConfig) -> dict[str, Any]:
 def latest_report_uri(store: str, version: str) -> str:
     """``<store>/monitoring/drift/<version>/latest.json``: the newest report of a version."""
     return storage.join(store, "monitoring", "drift", version, "latest.json")
-
-
-def resolve_version(registry: str, ref: str) -> str:
-    """The version id ``ref`` names (an alias is read from the registry); must exist."""
-    version = ref
-    if ref in ALIAS_NAMES:
-        try:
-            version = str(
-                storage.read_json(storage.join(registry, "aliases", f"{ref}.json"))["version"]
-            )
-        except StoreNotFound as exc:
-            raise AliasNotFound(registry=registry, alias=ref) from exc
-        if not VERSION_ID.fullmatch(version):  # the alias file names a path, not a version
-            raise InvalidInput(
-                f"alias {ref!r} of {registry} points at {version!r}, not a version id",
-                field="version",
-                value=version,
-            )
-    if not storage.exists(storage.join(registry, "versions", version, "MANIFEST.json")):
-        raise VersionNotFound(registry=registry, version=version)
-    return version
 
 
 def read_served_features(
