@@ -13,6 +13,7 @@ marker written last (:func:`is_complete`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -337,10 +338,18 @@ def write_dir_atomically(uri: str) -> Iterator[str]:
         mark_complete(uri)
         return
     target = Path(uri)
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex[:8]}")
     try:
         yield str(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first: the folders made for uri, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    try:
         mark_complete(str(staging))
         if target.exists():
             trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")

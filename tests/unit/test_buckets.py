@@ -78,7 +78,7 @@ def test_a_bad_file_becomes_an_error_row_raised_as_the_original_schema_error(
     report = packed.select(list(B._REPORT)).to_pandas()
     assert (report["_error"] != "").sum() == 1
     with pytest.raises(SchemaError) as err:
-        B._raise_first(report)
+        B.raise_first(report)
     assert (err.value.file, err.value.column, err.value.row) == (bad, "event_type", None)
 
 

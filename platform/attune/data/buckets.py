@@ -98,7 +98,7 @@ def _read_and_pack(batch: pa.Table, columns: Mapping[str, Sequence[str]], bucket
     )
 
 
-def _raise_first(report: pd.DataFrame) -> None:
+def raise_first(report: pd.DataFrame) -> None:
     bad = report[report["_error"] != ""].sort_values("_uri", kind="stable")
     if bad.empty:
         return
@@ -141,7 +141,7 @@ def read_packed(
     )
     packed = ds.map_batches(read, batch_size=None, batch_format="pyarrow").materialize()
     parts = packed.select_columns(list(_REPORT)).to_pandas()
-    _raise_first(parts)
+    raise_first(parts)
     report = (
         parts.groupby(["_table", "_uri"], as_index=False)
         .agg(rows=("_rows", "sum"), first_us=("_first_us", "min"), last_us=("_last_us", "max"))

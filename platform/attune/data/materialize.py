@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -40,6 +41,7 @@ import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from attune import storage
+from attune.data import sharded
 from attune.data.buckets import ipc, read_packed, unpack
 from attune.data.features import MAX_WINDOW_DAYS, borrower_features, compact_events
 from attune.data.reader import HistoryFiles, list_history
@@ -195,15 +197,14 @@ def new_snapshot_id(as_of: datetime) -> str:
     return f"{as_of.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
-def _snapshot_bucket(
-    group: pa.Table,
+def _snapshot_parts(
+    frames: dict[str, pd.DataFrame],
     *,
     as_of: datetime,
     horizon_days: int,
-    parts: tuple[str, ...] = _PARTS,
     sink: BucketSink | None = None,
-) -> pa.Table:
-    frames = unpack(group, _COLUMNS)
+) -> dict[str, pd.DataFrame]:
+    """Every snapshot part of the borrowers of ``frames`` (whole borrowers' tables)."""
     # an event logged by the serving app may also reach the history later: count it once
     events = frames["events"].drop_duplicates(["borrower_id", "event_id"], keep="first")
     feats, kept = snapshot_rows(
@@ -222,12 +223,25 @@ def _snapshot_bucket(
             loans=frames["loans"],
             as_of=as_of,
         )
-    rows = {
+    return {
         "features": feats,
         "events": kept,
         "borrowers": frames["borrowers"].loc[frames["borrowers"]["borrower_id"].isin(ids)],
         "loans": frames["loans"].loc[frames["loans"]["borrower_id"].isin(ids)],
     }
+
+
+def _snapshot_bucket(
+    group: pa.Table,
+    *,
+    as_of: datetime,
+    horizon_days: int,
+    parts: tuple[str, ...] = _PARTS,
+    sink: BucketSink | None = None,
+) -> pa.Table:
+    rows = _snapshot_parts(
+        unpack(group, _COLUMNS), as_of=as_of, horizon_days=horizon_days, sink=sink
+    )
     payloads = [  # only the parts to write are serialized; every part is counted
         ipc(pa.Table.from_pandas(rows[part], schema=schema, preserve_index=False))
         if part in parts
@@ -241,6 +255,29 @@ def _snapshot_bucket(
             "_payload": pa.array(payloads, pa.large_binary()),
         }
     )
+
+
+def _snapshot_shard(
+    batch: pa.Table,
+    *,
+    stage: str,
+    as_of: datetime,
+    horizon_days: int,
+    parts: tuple[str, ...],
+    sink: BucketSink | None,
+) -> pa.Table:
+    """One shard of whole borrowers: read, compute and write its parts (attune.data.sharded)."""
+    shard, files = sharded.shard_of(batch)
+    frames, report = sharded.read_shard(files, _COLUMNS)
+    report["parts"] = {}
+    if frames:
+        rows = _snapshot_parts(frames, as_of=as_of, horizon_days=horizon_days, sink=sink)
+        for part, schema in SNAPSHOT_PARTS.items():
+            report["parts"][part] = len(rows[part])
+            if part in parts:
+                table = pa.Table.from_pandas(rows[part], schema=schema, preserve_index=False)
+                sharded.write_part(table, stage, part, shard)
+    return sharded.report_row(shard, report)
 
 
 def _unpack_part(batch: pa.Table) -> pa.Table:
@@ -272,12 +309,52 @@ def materialize(
     files = list_history(histories_uri, tables=tuple(_COLUMNS))
     if config.online_events:
         files = _with_online_events(files, out_uri)
-    packed, _ = read_packed(
-        files, columns=_COLUMNS, buckets=config.buckets, tasks=config.partitions
-    )
     root = snapshot_root(out_uri, spec.hash)
     snapshot_id = snapshot_id or new_snapshot_id(as_of)
     target = storage.join(root, snapshot_id)
+    shards = sharded.shard_files(files, _COLUMNS)
+    info = None
+    if shards is not None:  # whole borrowers per shard: stream shard by shard, no shuffle
+        task = partial(
+            _snapshot_shard,
+            as_of=as_of,
+            horizon_days=config.horizon_days,
+            parts=config.parts,
+            sink=sink,
+        )
+
+        def by_shard(stage: str) -> dict[str, int]:
+            reports = sharded.run_shards(shards, partial(task, stage=stage))
+            return {p: sum(r["parts"].get(p, 0) for r in reports) for p in _PARTS}
+
+        try:
+            info = _commit_snapshot(target, histories_uri, as_of, config, by_shard)
+        except sharded.NotAligned:
+            info = None
+    if info is None:
+        info = _commit_snapshot(
+            target,
+            histories_uri,
+            as_of,
+            config,
+            partial(_by_bucket, files, as_of=as_of, config=config, sink=sink),
+        )
+    point_latest(root, info)
+    return info
+
+
+def _by_bucket(
+    files: HistoryFiles,
+    stage: str,
+    *,
+    as_of: datetime,
+    config: MaterializeConfig,
+    sink: BucketSink | None,
+) -> dict[str, int]:
+    """Any history: co-partition the tables by borrower bucket (one shuffle), then write."""
+    packed, _ = read_packed(
+        files, columns=_COLUMNS, buckets=config.buckets, tasks=config.partitions
+    )
     computed = (
         packed.groupby("_bucket", num_partitions=config.partitions)
         .map_groups(
@@ -294,18 +371,31 @@ def materialize(
     )
     del packed
     sizes = computed.select_columns(["_part", "_rows"]).to_pandas()
-    counts = {part: int(sizes.loc[sizes["_part"] == part, "_rows"].sum()) for part in _PARTS}
+    for part in config.parts:
+        fs, path = storage.pyarrow_filesystem(storage.join(stage, part))
+        chosen = computed.filter(expr=f"_part == '{part}'")
+        chosen.map_batches(_unpack_part, batch_format="pyarrow", batch_size=None).write_parquet(
+            path, filesystem=fs
+        )
+    return {part: int(sizes.loc[sizes["_part"] == part, "_rows"].sum()) for part in _PARTS}
+
+
+def _commit_snapshot(
+    target: str,
+    histories_uri: str,
+    as_of: datetime,
+    config: MaterializeConfig,
+    write: Callable[[str], dict[str, int]],
+) -> SnapshotInfo:
+    """Commit the snapshot ``write(stage)`` writes (it returns the rows of each part)."""
+    spec = default_spec()
     with storage.write_dir_atomically(target) as stage:
+        counts = write(stage)
         for part in config.parts:
-            fs, path = storage.pyarrow_filesystem(storage.join(stage, part))
-            chosen = computed.filter(expr=f"_part == '{part}'")
-            chosen.map_batches(_unpack_part, batch_format="pyarrow", batch_size=None).write_parquet(
-                path, filesystem=fs
-            )
             _ensure_files(stage, part)
         info = SnapshotInfo(
             uri=target,
-            snapshot_id=snapshot_id,
+            snapshot_id=target.rstrip("/").rsplit("/", 1)[-1],
             spec_hash=spec.hash,
             as_of=as_of,
             borrowers=counts["features"],
@@ -322,7 +412,6 @@ def materialize(
             },
         )
         storage.write_bytes(storage.join(stage, "feature_spec.json"), spec.to_json().encode())
-    point_latest(root, info)
     return info
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -44,7 +44,7 @@ from attune.data.features import (
     graded_labels,
     micros,
 )
-from attune.data.reader import list_history
+from attune.data.reader import HistoryFiles, list_history
 from attune.data.schema import TS
 from attune.data.spec import FEATURE_NAMES, default_spec
 from attune.errors import ConfigError, SchemaError
@@ -224,7 +224,7 @@ def _ranking_bucket(group: pa.Table, *, split: SplitPlan) -> pa.Table:
     return pa.Table.from_pandas(rows, schema=_WITH_SPLIT, preserve_index=False)
 
 
-def _summarize_block(block: pa.Table) -> pa.Table:
+def summarize_block(block: pa.Table) -> pa.Table:
     """Per split in one block: rows, groups, first/last qid, order-free content hash."""
     frame = block.to_pandas()
     out: dict[str, list[Any]] = {
@@ -310,11 +310,29 @@ def preprocess(
     committed at once. Raises :class:`SchemaError` for a bad input file before
     anything is written, :class:`attune.errors.StoreNotFound` for a missing table.
     Runs on the current Ray cluster (Ray Data starts a local one when none is up).
+
+    A history in the simulator's shard layout (every file named ``part-sNNNNN…``,
+    each shard holding whole borrowers) streams shard by shard
+    (:mod:`attune.data.sharded`): no shuffle, no sort, memory per task bounded by one
+    shard. Any other history, or one whose shards turn out to share a borrower, takes
+    the bucket shuffle below; both give the same rows.
     """
-    import ray
+    from attune.data import sharded
 
     config = config or PreprocessConfig()
     files = list_history(histories_uri)
+    shards = sharded.shard_files(files, RANKING_COLUMNS)
+    if shards is not None:
+        result = sharded.preprocess_shards(histories_uri, out_uri, shards, config=config)
+        if result is not None:
+            return result
+    return _preprocess_shuffled(histories_uri, out_uri, files, config=config)
+
+
+def _preprocess_shuffled(
+    histories_uri: str, out_uri: str, files: HistoryFiles, *, config: PreprocessConfig
+) -> PreprocessResult:
+    """Any history: co-partition every table by borrower bucket, one shuffle, one sort."""
     packed, report = read_packed(
         files, columns=RANKING_COLUMNS, buckets=config.buckets, tasks=config.partitions
     )
@@ -335,23 +353,45 @@ def preprocess(
     rows.context.execution_options.preserve_order = True
     rows = rows.materialize()
     del packed
-    summary = rows.map_batches(
-        _summarize_block, batch_size=None, batch_format="pyarrow"
-    ).to_pandas()
-    counts = {s: int(summary.loc[summary["split"] == s, "rows"].sum()) for s in SPLITS}
-    groups = {s: _groups(summary[summary["split"] == s]) for s in SPLITS}
-    spec = default_spec()
-    digest = content_hash(summary, spec.hash)
-    with storage.write_dir_atomically(out_uri) as stage:
+    summary = rows.map_batches(summarize_block, batch_size=None, batch_format="pyarrow").to_pandas()
+    inputs = {t: int(report.loc[report["table"] == t, "rows"].sum()) for t in RANKING_COLUMNS}
+
+    def write(stage: str) -> tuple[pd.DataFrame, dict[str, int]]:
         fs, path = storage.pyarrow_filesystem(stage)
         rows.write_parquet(path, filesystem=fs, partition_cols=["split"], partitioning_flavor=None)
         for split in SPLITS:
             if not _check_file_order(stage, split):
-                _write_empty(stage, split)
+                write_empty(stage, split)
+        return summary, inputs
+
+    return commit(histories_uri, out_uri, plan=plan, config=config, write=write)
+
+
+def commit(
+    histories_uri: str,
+    out_uri: str,
+    *,
+    plan: SplitPlan,
+    config: PreprocessConfig,
+    write: Callable[[str], tuple[pd.DataFrame, dict[str, int]]],
+) -> PreprocessResult:
+    """Commit a dataset at ``out_uri`` at once: ``write(stage)`` writes the splits.
+
+    ``write`` returns the :func:`summarize_block` rows of every block it wrote and the
+    rows read per input table; then come the split markers, spec and manifest.
+    """
+    import ray
+
+    spec = default_spec()
+    with storage.write_dir_atomically(out_uri) as stage:
+        summary, inputs = write(stage)
+        counts = {s: int(summary.loc[summary["split"] == s, "rows"].sum()) for s in SPLITS}
+        groups = {s: _groups(summary[summary["split"] == s]) for s in SPLITS}
+        digest = content_hash(summary, spec.hash)
+        shown_rows = int(inputs["presentations"])
+        for split in SPLITS:
             storage.mark_complete(storage.join(stage, split))
         storage.write_bytes(storage.join(stage, "feature_spec.json"), spec.to_json().encode())
-        shown_rows = int(shown["rows"].sum())
-        inputs = {t: int(report.loc[report["table"] == t, "rows"].sum()) for t in RANKING_COLUMNS}
         fractions = ("train_fraction", "valid_fraction", "test_fraction")
         manifest = {
             "histories": histories_uri,
@@ -360,7 +400,7 @@ def preprocess(
             "rows": counts,
             "groups": groups,
             "split": {**config.model_dump(include=set(fractions)), **plan.to_dict()},
-            "inputs": inputs,
+            "inputs": dict(inputs),
             "dropped_rows": shown_rows - sum(counts.values()),
             "ray_version": ray.__version__,
         }
@@ -373,12 +413,12 @@ def preprocess(
         content_hash=digest,
         spec_hash=spec.hash,
         split=plan,
-        events=inputs["events"],
+        events=int(inputs["events"]),
         dropped_rows=shown_rows - sum(counts.values()),
     )
 
 
-def _write_empty(stage: str, split: str) -> None:
+def write_empty(stage: str, split: str) -> None:
     """An empty split still gets one (empty) file carrying the schema."""
     import pyarrow.parquet as pq
 
