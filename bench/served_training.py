@@ -69,8 +69,8 @@ def _serve(
 ):
     """Decisions (decision-log frame) and the environment's events for them."""
     from attune.data.schema import OPTION_IDS, TOUCHPOINTS
+    from attune.experiments.assignment import hash_borrower
     from attune.serving.decision_log import DecisionRecord, records_to_table
-    from attune.serving.traffic_split import hash_borrower
     from attune.simulator.environment import ServedSlate
     from attune.simulator.logging_policy import sample_slates
 

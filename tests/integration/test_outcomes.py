@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from attune.data.schema import EVENTS, OPTION_IDS
+from attune.experiments.assignment import hash_borrower
 from attune.rewards.config import DEFAULT_CONFIG
 from attune.rewards.job import OutcomesConfig, compute_rewards_local, read_rewards, run_outcomes
 from attune.serving.decision_log import DecisionRecord, ParquetSink, records_to_table
-from attune.serving.traffic_split import hash_borrower
 
 SALT = "it-salt"
 T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)

@@ -25,8 +25,8 @@ from attune.batch.job import RankBatchResult, read_part
 from attune.cli import main as cli
 from attune.data.materialize import latest_snapshot, read_snapshot
 from attune.data.spec import BORROWER_FEATURES
+from attune.experiments.assignment import hash_borrower
 from attune.serving.config import RolloutConfig
-from attune.serving.traffic_split import hash_borrower
 from attune.settings import get_settings
 from attune.simulator.generator import GenerateConfig, generate
 from tests.conftest import wait_for

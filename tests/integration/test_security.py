@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from attune.data.schema import PROTECTED_COLUMNS
 from attune.data.spec import FEATURE_NAMES, FeatureSpec, default_spec
 from attune.errors import FeatureSpecMismatch
-from attune.serving.traffic_split import hash_borrower
+from attune.experiments.assignment import hash_borrower
 from attune.settings import DEFAULT_BORROWER_SALT, MIN_BORROWER_SALT_LENGTH
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import model_files, rank_body, ranker_onnx, wait_http_ok

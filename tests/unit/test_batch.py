@@ -24,12 +24,12 @@ from attune.data.features import candidate_block, candidate_matrix
 from attune.data.schema import OPTION_IDS
 from attune.data.spec import BORROWER_FEATURES, default_spec
 from attune.errors import ConfigError
+from attune.experiments.assignment import hash_borrower
 from attune.experiments.exploration import ExplorationConfig
 from attune.serving.api import RankRequest
 from attune.serving.config import RolloutConfig
 from attune.serving.decision_log import MemorySink
 from attune.serving.service import RankingService
-from attune.serving.traffic_split import hash_borrower
 from tests.integration.serving_fixtures import DictStore, model_files, nan_onnx, ranker_files
 
 OPTIONS = ("autopay_enroll", "due_date_change", "payment_plan", "pay_now")

@@ -10,12 +10,12 @@ import pytest
 
 from attune.data.schema import OPTION_IDS, TOUCHPOINTS
 from attune.errors import InvalidInput
+from attune.experiments.assignment import hash_borrower
 from attune.online.events import ServicingEvent
 from attune.rewards.attribution import attribute_rewards, hash_events
 from attune.rewards.config import DEFAULT_CONFIG
 from attune.rewards.true_value import ALL_SLATES, TrueValue, oracle_share
 from attune.serving.decision_log import DecisionRecord, records_to_table
-from attune.serving.traffic_split import hash_borrower
 from attune.simulator.environment import ServedSlate, SimulatorEnvironment
 from attune.simulator.generator import GenerateConfig, generate
 

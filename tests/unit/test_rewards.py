@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from attune.data.schema import EVENTS, OPTION_IDS
 from attune.errors import ConfigError, SchemaError
+from attune.experiments.assignment import hash_borrower
 from attune.rewards.attribution import REWARD_SCHEMA, attribute_rewards, hash_events
 from attune.rewards.config import DEFAULT_CONFIG, load_reward_config, parse_reward_config
 from attune.serving.decision_log import DecisionRecord, records_to_table
-from attune.serving.traffic_split import hash_borrower
 
 SALT = "test-salt"
 T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from attune.errors import ConfigError
-from attune.experiments.assignment import bucket
-from attune.serving.traffic_split import TrafficSplit, hash_borrower
+from attune.experiments.assignment import bucket, hash_borrower
+from attune.serving.traffic_split import TrafficSplit
 
 BORROWERS = range(20_000)
 

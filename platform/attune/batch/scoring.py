@@ -16,7 +16,7 @@ What it shares with the online app, so that a borrower gets the same answer in b
 * decision log: :data:`attune.serving.decision_log.DECISION_SCHEMA` rows through
   :class:`~attune.serving.decision_log.ParquetSink` (``role="primary"``,
   ``feature_source="batch"``, ``borrower_hash`` from
-  :func:`~attune.serving.traffic_split.hash_borrower` with the same secret salt).
+  :func:`~attune.experiments.assignment.hash_borrower` with the same secret salt).
 
 Decision ids are ``blake2b(run_id:borrower_id)``, and each batch's log file is named
 after the run and the batch's first borrower, so a retried task rewrites its own file
@@ -39,11 +39,12 @@ from attune.batch.eligibility import EligibilityVerdict, TouchpointRules, apply_
 from attune.data.features import candidate_block
 from attune.data.schema import TS
 from attune.data.spec import BORROWER_FEATURES
+from attune.experiments.assignment import hash_borrower
 from attune.experiments.exploration import ExplorationConfig, Explorer
 from attune.serving.candidate_rows import SERVING_POSITION
 from attune.serving.decision_log import DECISION_SCHEMA, DecisionSink, ParquetSink
 from attune.serving.model import ModelStore, OnnxScorer
-from attune.serving.traffic_split import TrafficSplit, hash_borrower
+from attune.serving.traffic_split import TrafficSplit
 
 #: Where the decision log says the features came from.
 FEATURE_SOURCE = "batch"

@@ -18,6 +18,10 @@ Layers hash with independent salts, so a unit's arm in one layer tells nothing a
 its arm in another (experiments in different layers overlap without colliding).
 Arms use their own hash rather than the layer slot: ramping an experiment's traffic up
 keeps every enrolled unit in the arm it already had.
+
+The module's other salted hash, :func:`hash_borrower`, is the borrower's pseudonym in
+logs and metrics (keyed BLAKE2b with the secret ``ATTUNE_BORROWER_SALT``): one-way,
+and unrelated to any arm, so a log reader cannot recompute assignments from it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from attune.errors import ArgumentError
 
 _MANTISSA_BITS = 53  # a float64 holds 53 bits exactly, so the bucket is never rounded up to 1.0
 _SCALE = float(1 << _MANTISSA_BITS)
+
+
+def hash_borrower(borrower_id: str | int, *, salt: str) -> str:
+    """The borrower id as it may appear in logs and metrics: salted, one-way, 16 hex chars."""
+    digest = hashlib.blake2b(
+        str(borrower_id).encode(), key=salt.encode()[:64], digest_size=8, person=b"attune-log"
+    )
+    return digest.hexdigest()
 
 
 def bucket(unit_id: str | int, salt: str) -> float:

@@ -6,7 +6,7 @@
 One row per primary decision and shown position (positions ``1..slate_size`` of the
 returned order), :data:`REWARD_SCHEMA`. The decision log holds ``borrower_hash``, the
 salted hash of the borrower id, never the id: events are joined by hashing their
-borrower ids with the same salt (:func:`attune.serving.traffic_split.hash_borrower`).
+borrower ids with the same salt (:func:`attune.experiments.assignment.hash_borrower`).
 
 Attribution (docs/rewards.md):
 
@@ -34,8 +34,8 @@ import pyarrow as pa
 
 from attune.data.schema import OPTION_IDS
 from attune.errors import SchemaError
+from attune.experiments.assignment import hash_borrower
 from attune.rewards.config import RewardConfig
-from attune.serving.traffic_split import hash_borrower
 
 REWARD_SCHEMA = pa.schema(
     [

@@ -37,6 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from attune.errors import AttuneError, FeatureSpecMismatch, InvalidInput, Unavailable
+from attune.experiments.assignment import hash_borrower
 from attune.experiments.exploration import Explorer
 from attune.experiments.policy_config import LinearThompsonConfig
 from attune.online.redis_store import OnlineLookup
@@ -55,7 +56,7 @@ from attune.serving.decision_log import DecisionLog, DecisionRecord
 from attune.serving.guardrails import Guardrail, GuardrailVerdict
 from attune.serving.metrics import NullMetrics, ServingMetrics
 from attune.serving.model import ModelStore, OnnxScorer
-from attune.serving.traffic_split import Arm, TrafficSplit, hash_borrower
+from attune.serving.traffic_split import Arm, TrafficSplit
 
 log = logging.getLogger(__name__)
 

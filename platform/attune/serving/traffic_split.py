@@ -13,13 +13,12 @@ Shadow mirroring is sampled per request (hash of the decision id with a derived 
 so a share of 0.1 mirrors about one request in ten regardless of who asks.
 
 Borrower ids that reach logs and metrics are hashed with a *different*, secret salt
-(:func:`hash_borrower`, ``ATTUNE_BORROWER_SALT``) so that a log reader cannot recompute
-arm assignment from it, nor the borrower id.
+(:func:`attune.experiments.assignment.hash_borrower`, ``ATTUNE_BORROWER_SALT``) so
+that a log reader cannot recompute arm assignment from it, nor the borrower id.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,14 +27,6 @@ from attune.experiments.assignment import bucket
 
 Arm = Literal["champion", "canary"]
 ARMS: tuple[Arm, ...] = ("champion", "canary")
-
-
-def hash_borrower(borrower_id: str | int, *, salt: str) -> str:
-    """The borrower id as it may appear in logs and metrics: salted, one-way, 16 hex chars."""
-    digest = hashlib.blake2b(
-        str(borrower_id).encode(), key=salt.encode()[:64], digest_size=8, person=b"attune-log"
-    )
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
