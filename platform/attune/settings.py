@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from attune.errors import ConfigError
+
 #: The public default salt: fine for local runs, refused where it would protect real ids.
 DEFAULT_BORROWER_SALT = "attune-default-salt"
 #: Shortest borrower salt accepted where it matters (a short salt can be brute-forced).
@@ -81,3 +83,23 @@ def current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry / no login name in a container
         return "unknown"
+
+
+def borrower_salt(*, strict: bool) -> str:
+    """The borrower-hash salt (``ATTUNE_BORROWER_SALT``).
+
+    With ``strict`` (auth required, or an ``s3://`` store: real borrowers) the public
+    default and salts shorter than MIN_BORROWER_SALT_LENGTH raise ConfigError naming
+    ``ATTUNE_BORROWER_SALT`` (and the salt's length only, never its value).
+    """
+    salt = get_settings().borrower_salt.get_secret_value()
+    if strict and (salt == DEFAULT_BORROWER_SALT or len(salt) < MIN_BORROWER_SALT_LENGTH):
+        raise ConfigError(
+            field="ATTUNE_BORROWER_SALT",
+            value="<the public default>"
+            if salt == DEFAULT_BORROWER_SALT
+            else f"<{len(salt)} characters>",
+            problem=f"set a secret salt of at least {MIN_BORROWER_SALT_LENGTH} characters "
+            "(required with auth.required or an s3:// store)",
+        )
+    return salt

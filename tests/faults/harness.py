@@ -165,6 +165,7 @@ class FaultApp:
         scenario must not start while one still serves the previous rollout.
         """
         from attune.serving.rollout import update_rollout
+        from attune.serving.traffic_split import TrafficSplit
 
         base = self.base_rollout
         update_rollout(APP, lambda _: base)
@@ -173,7 +174,8 @@ class FaultApp:
         def applied() -> bool:
             stats = self.replica_stats()
             return all(
-                s["salt"] == base.salt and {m["role"]: m["version"] for m in s["models"]} == wanted
+                s["salt_fingerprint"] == TrafficSplit(salt=base.salt).fingerprint
+                and {m["role"]: m["version"] for m in s["models"]} == wanted
                 for s in stats.values()
             )
 

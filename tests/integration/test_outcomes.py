@@ -114,23 +114,30 @@ def test_ray_job_writes_what_the_single_process_function_computes(tmp_path: Path
     assert not list(tmp_path.glob("rewards.work-*"))  # staging removed
 
 
-def test_cli_local_engine_writes_the_dataset(tmp_path: Path, capsys) -> None:
+def test_cli_local_engine_writes_the_dataset(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from attune.cli import main
+    from attune.settings import get_settings
 
+    monkeypatch.setenv("ATTUNE_BORROWER_SALT", SALT)  # a secret: never a command-line argument
+    get_settings.cache_clear()
     store, history = _store(tmp_path, seed=4)
     out = tmp_path / "r"
-    code = main(
-        [
-            "outcomes",
-            "--store", store,
-            "--history", history,
-            "--out", str(out),
-            "--as-of", (T0 + timedelta(days=60)).isoformat(),
-            "--salt", SALT,
-            "--engine", "local",
-            "--quiet",
-        ]
-    )  # fmt: skip
+    try:
+        code = main(
+            [
+                "outcomes",
+                "--store", store,
+                "--history", history,
+                "--out", str(out),
+                "--as-of", (T0 + timedelta(days=60)).isoformat(),
+                "--engine", "local",
+                "--quiet",
+            ]
+        )  # fmt: skip
+    finally:
+        get_settings.cache_clear()  # the next test reads its own environment
     assert code == 0
     assert read_rewards(str(out)).num_rows == 360  # every window closed: 120 decisions x 3
     assert (out / "_SUCCESS").exists()

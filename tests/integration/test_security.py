@@ -213,7 +213,11 @@ def test_healthz_names_the_model_versions_only_to_a_valid_token(secure: SecureAp
 def test_an_unauthenticated_chunked_upload_is_refused_before_it_is_read(
     secure: SecureApp,
 ) -> None:
-    """The issue's 10 MB chunked body without a token: 401 (not read whole, then 401)."""
+    """A chunked upload without a token is answered 401 while its body is still open.
+
+    One 64 KiB chunk is sent and the body is never ended: an app that read the body
+    before checking the token would wait for the rest and this read would time out.
+    """
     import http.client
     from urllib.parse import urlsplit
 
@@ -224,14 +228,7 @@ def test_an_unauthenticated_chunked_upload_is_refused_before_it_is_read(
         connection.putheader("Content-Type", "application/json")
         connection.putheader("Transfer-Encoding", "chunked")
         connection.endheaders()
-        sent = 0
-        try:
-            for _ in range(160):  # 10 MiB in 64 KiB chunks
-                connection.send(b"10000\r\n" + b" " * 0x10000 + b"\r\n")
-                sent += 0x10000
-            connection.send(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before the upload ended
+        connection.send(b"10000\r\n" + b" " * 0x10000 + b"\r\n")  # no last chunk, ever
         response = connection.getresponse()
         assert response.status == 401, response.read()
     finally:

@@ -26,6 +26,7 @@ from attune.data.schema import OPTION_IDS
 from attune.data.spec import BORROWER_FEATURES, default_spec
 from attune.serving.config import RolloutConfig
 from attune.serving.guardrails import GuardrailBounds
+from attune.serving.traffic_split import TrafficSplit
 from tests.conftest import wait_for
 from tests.integration.serving_fixtures import (
     KeepAlive,
@@ -74,7 +75,7 @@ class Serving:
         champion = self.registry.resolve(rollout.champion)
         wait_for(
             lambda: (
-                self.models()["salt"] == rollout.salt
+                self.models()["salt_fingerprint"] == TrafficSplit(salt=rollout.salt).fingerprint
                 and self.models()["models"][0]["version"] == champion
             ),
             timeout=60,

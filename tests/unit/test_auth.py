@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from attune.errors import AttuneError, ConfigError
 from attune.serving import auth
 from attune.serving.config import AppArgs
-from attune.settings import get_settings
+from attune.settings import borrower_salt, get_settings
 from tests.conftest import free_port, wait_for
 
 #: Test secrets are built, never written out whole: the credential scan greps the repo.
@@ -334,10 +334,24 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_is_counted(
 def test_a_chunked_body_without_a_token_is_401_before_it_is_read(
     base: str, token_env: Callable[..., None]
 ) -> None:
+    """The answer comes while the body is still open: a server that read it first would hang."""
+    import http.client
+    from urllib.parse import urlsplit
+
     token_env(TOKEN)
     auth.configure(auth.AuthConfig())
-    chunks = [b"x" * 1024] * 64
-    assert _raw(base, "POST", "/v1/events", body=chunks)[0] == 401
+    url = urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/v1/events")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        connection.send(b"400\r\n" + b"x" * 1024 + b"\r\n")  # one chunk; no last chunk, ever
+        # a read of the whole body would wait for the last chunk and time out here
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
 
 
 def test_a_declared_length_over_the_limit_is_413_before_the_token_is_checked(
@@ -445,10 +459,10 @@ def test_the_borrower_salt_is_refused_when_default_or_short_where_it_matters(
     get_settings.cache_clear()
     try:
         if refused is None:
-            assert auth.borrower_salt(strict=strict) == salt
+            assert borrower_salt(strict=strict) == salt
             return
         with pytest.raises(ConfigError) as err:
-            auth.borrower_salt(strict=strict)
+            borrower_salt(strict=strict)
         assert err.value.details["field"] == "ATTUNE_BORROWER_SALT"
         assert refused in str(err.value.details["value"])
         if salt != "attune-default-salt":

@@ -148,3 +148,22 @@ def test_current_user_is_the_login_name(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("LOGNAME", "ana")
     monkeypatch.setenv("USER", "ana")
     assert current_user() == "ana"
+
+
+def test_outcomes_refuses_the_public_salt_for_an_s3_store(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real decision logs are joined only with a secret salt, read from the environment."""
+    from attune.settings import get_settings
+
+    monkeypatch.delenv("ATTUNE_BORROWER_SALT", raising=False)
+    get_settings.cache_clear()
+    try:
+        argv = ["--json-errors", "outcomes", "--store", "s3://bank/attune", "--history", "x"]
+        assert main(argv) == ExitCode.INVALID_INPUT
+    finally:
+        get_settings.cache_clear()
+    error = json.loads(capsys.readouterr().err)
+    assert error["details"]["field"] == "ATTUNE_BORROWER_SALT"
+    with pytest.raises(SystemExit):  # the salt is no longer an argument
+        main(["outcomes", "--salt", "s", "--history", "x"])

@@ -28,6 +28,7 @@ JOB_COMMANDS = {
     "jobs/materialize.py": ["features", "materialize"],
     "jobs/tune.py": ["tune"],
     "jobs/drift.py": ["monitor", "drift"],
+    "jobs/outcomes.py": ["outcomes"],
 }
 
 
@@ -101,6 +102,8 @@ def test_rayjob_paths_are_the_layouts(name: str) -> None:
         assert args.out == layout.features
     if script == "jobs/materialize.py":
         assert args.out == layout.online
+    if script == "jobs/outcomes.py":
+        assert args.history == [layout.histories] and args.out is None  # out: <store>/rewards
 
 
 def test_what_tune_reads_is_what_preprocess_writes() -> None:
@@ -209,7 +212,15 @@ def _is_a_layout_path(uri: str) -> bool:
     layout = StoreLayout(root)
     places = [
         getattr(layout, p)
-        for p in ("histories", "features", "registry", "decisions", "outcomes", "monitoring")
+        for p in (
+            "histories",
+            "features",
+            "registry",
+            "decisions",
+            "outcomes",
+            "rewards",
+            "monitoring",
+        )
     ]
     places.append(f"{root}/features")  # features/<spec hash>/<snapshot>: online snapshots
     return any(uri == p or uri.startswith(p + "/") for p in places)

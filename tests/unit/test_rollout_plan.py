@@ -53,6 +53,9 @@ def test_a_canary_ramp_keeps_its_borrowers_and_a_new_version_draws_new_ones(
     assert at_five <= at_twenty  # ramping up never moves a borrower back to the champion
     fresh = _canary(reg, twenty, versions["next"], 20)
     assert fresh.salt != twenty.salt
+    # the salt cannot be guessed from the version: the same step twice draws two salts
+    again = _canary(reg, twenty, versions["next"], 20)
+    assert again.salt != fresh.salt and again.salt.startswith(f"canary-{versions['next']}-")
     overlap = len(_on_canary(fresh) & at_twenty) / len(at_twenty)
     assert overlap < 0.3  # a fresh draw: about 20 % overlap by chance, not the same people
 

@@ -95,3 +95,11 @@ def test_logged_borrower_hash_is_salted_and_hides_the_id() -> None:
     assert digest == hash_borrower(123456789, salt="secret")
     assert digest != hash_borrower(123456789, salt="other")
     assert "123456789" not in digest and len(digest) == 16
+
+
+def test_the_fingerprint_names_a_salt_without_containing_it() -> None:
+    """Replicas of one rollout show the same fingerprint; it differs per salt and hides it."""
+    a, b = TrafficSplit(salt="canary-v1-0123abcd"), TrafficSplit(salt="canary-v1-0123abcd")
+    other = TrafficSplit(salt="canary-v1-4567ef00")
+    assert a.fingerprint == b.fingerprint != other.fingerprint
+    assert "canary" not in a.fingerprint and len(a.fingerprint) == 12

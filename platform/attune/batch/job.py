@@ -44,8 +44,8 @@ from attune.data.spec import BORROWER_FEATURES
 from attune.errors import ConfigError, FeatureSpecMismatch, StoreNotFound
 from attune.experiments.exploration import ExplorationConfig
 from attune.experiments.policy_config import LinearThompsonConfig
-from attune.serving.auth import borrower_salt
 from attune.serving.config import RolloutConfig
+from attune.settings import borrower_salt
 
 #: Borrowers per batch: large enough that ONNX Runtime's per-call cost vanishes, small
 #: enough that a batch's candidate rows (batch x options x features float32) stay ~10 MB.

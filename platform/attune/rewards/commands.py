@@ -30,9 +30,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--config", default=None, help="Reward definition YAML (default: packaged)."
     )
-    parser.add_argument(
-        "--salt", default=None, help="Borrower-hash salt (default: ATTUNE_BORROWER_SALT)."
-    )
     parser.add_argument("--engine", choices=("ray", "local"), default="ray", help="Engine (ray).")
     parser.add_argument("--buckets", type=int, default=16, help="Borrower buckets (Ray engine).")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -44,9 +41,10 @@ def _outcomes(args: argparse.Namespace) -> int:
 
     from attune import storage
     from attune.errors import ConfigError
+    from attune.layout import StoreLayout
     from attune.rewards.config import load_reward_config
-    from attune.rewards.job import REWARDS_DIR, OutcomesConfig, run_outcomes
-    from attune.settings import get_settings
+    from attune.rewards.job import OutcomesConfig, run_outcomes
+    from attune.settings import borrower_salt, get_settings
 
     settings = get_settings()
     store = args.store or settings.store
@@ -63,9 +61,10 @@ def _outcomes(args: argparse.Namespace) -> int:
         config = OutcomesConfig(
             store=store,
             histories=tuple(args.history),
-            out=args.out or storage.join(store, REWARDS_DIR),
+            out=args.out or StoreLayout(store).rewards,
             as_of=as_of,
-            salt=args.salt or settings.borrower_salt.get_secret_value(),
+            # the decision log's salt: a secret, so from the environment, never an argument
+            salt=borrower_salt(strict=storage.is_s3(store)),
             engine=args.engine,
             buckets=args.buckets,
         )

@@ -28,6 +28,7 @@ from attune import storage
 from attune.data.materialize import ONLINE_EVENTS_DIR
 from attune.data.reader import list_history, read_file
 from attune.errors import AttuneError, SchemaError, StoreNotFound
+from attune.layout import StoreLayout
 from attune.rewards.attribution import (
     DECISION_COLUMNS,
     EVENT_COLUMNS,
@@ -37,9 +38,6 @@ from attune.rewards.attribution import (
     relevant_event_types,
 )
 from attune.rewards.config import RewardConfig
-
-DECISIONS_DIR = "decisions"
-REWARDS_DIR = "rewards"
 
 
 class OutcomesConfig(BaseModel):
@@ -70,7 +68,7 @@ def _data_files(prefix: str) -> list[str]:
 
 
 def decision_files(store: str) -> list[str]:
-    return _data_files(storage.join(store, DECISIONS_DIR))
+    return _data_files(StoreLayout(store).decisions)
 
 
 def event_files(config: OutcomesConfig) -> list[str]:
@@ -123,7 +121,7 @@ def compute_rewards_local(config: OutcomesConfig, rewards: RewardConfig) -> tupl
     """Every reward row in one process: ``(table, primary decisions read)``."""
     files = decision_files(config.store)
     if not files:
-        raise StoreNotFound(uri=storage.join(config.store, DECISIONS_DIR), problem="no decisions")
+        raise StoreNotFound(uri=StoreLayout(config.store).decisions, problem="no decisions")
     decisions = pd.concat([read_decisions(u) for u in files], ignore_index=True)
     types = relevant_event_types(rewards)
     frames = [read_events(u, salt=config.salt, types=types) for u in event_files(config)]
@@ -186,11 +184,12 @@ def _stage(frame: pd.DataFrame, *, staging: str, name: str, buckets: int, tag: s
 def _run_on_ray(config: OutcomesConfig, rewards: RewardConfig, *, progress: bool) -> dict[str, Any]:
     import ray
 
+    from attune.runtime import init_ray
     from attune.settings import get_settings
 
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=get_settings().ray_address, log_to_driver=False)
+    if started:  # the submitted code on every worker, worker logs in `ray job logs`
+        init_ray(get_settings().ray_address)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     staging = config.out.rstrip("/") + f".work-{uuid.uuid4().hex[:8]}"
     try:
@@ -206,7 +205,7 @@ def _ray_pipeline(config: OutcomesConfig, rewards: RewardConfig, staging: str) -
 
     d_files, e_files = decision_files(config.store), event_files(config)
     if not d_files:
-        raise StoreNotFound(uri=storage.join(config.store, DECISIONS_DIR), problem="no decisions")
+        raise StoreNotFound(uri=StoreLayout(config.store).decisions, problem="no decisions")
     buckets, salt, types = config.buckets, config.salt, relevant_event_types(rewards)
     inputs = [{"uri": u, "name": "decisions"} for u in d_files]
     inputs += [{"uri": u, "name": "events"} for u in e_files]

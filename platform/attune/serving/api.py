@@ -213,7 +213,10 @@ class ModelsResponse(BaseModel):
 
     replica: str = Field(description="Replica that answered (counters are per replica).")
     models: list[ArmStatus] = Field(description="Models in service.")
-    salt: str = Field(description="Salt of the sticky canary assignment.")
+    salt_fingerprint: str = Field(
+        description="Fingerprint of the canary-assignment salt (equal on replicas serving "
+        "the same rollout); the salt itself is never served."
+    )
     rollbacks: list[Rollback] = Field(description="Guardrail rollbacks seen by this replica.")
     refused: list[str] = Field(description="Versions this replica refused to load, with why.")
     shadow_dropped: int = Field(description="Mirrored requests dropped (shadow queue full).")

@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from attune import storage
 from attune.errors import ConfigError, InsufficientScope, Unauthorized
-from attune.settings import DEFAULT_BORROWER_SALT, MIN_BORROWER_SALT_LENGTH, get_settings
+from attune.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -239,26 +239,6 @@ def load_scoped_tokens(config: AuthConfig) -> list[ScopedToken]:
         raise ConfigError(
             field="auth.tokens_file", value=config.tokens_file, problem=problem
         ) from None
-
-
-def borrower_salt(*, strict: bool) -> str:
-    """The borrower-hash salt (``ATTUNE_BORROWER_SALT``).
-
-    With ``strict`` (auth required, or an ``s3://`` store: real borrowers) the public
-    default and salts shorter than MIN_BORROWER_SALT_LENGTH raise ConfigError naming
-    ``ATTUNE_BORROWER_SALT`` (and the salt's length only, never its value).
-    """
-    salt = get_settings().borrower_salt.get_secret_value()
-    if strict and (salt == DEFAULT_BORROWER_SALT or len(salt) < MIN_BORROWER_SALT_LENGTH):
-        raise ConfigError(
-            field="ATTUNE_BORROWER_SALT",
-            value="<the public default>"
-            if salt == DEFAULT_BORROWER_SALT
-            else f"<{len(salt)} characters>",
-            problem=f"set a secret salt of at least {MIN_BORROWER_SALT_LENGTH} characters "
-            "(required with auth.required or an s3:// store)",
-        )
-    return salt
 
 
 def salt_required(config: AuthConfig, *uris: str) -> bool:

@@ -62,6 +62,7 @@ from attune.serving.config import INGRESS_NAME, AppArgs, RolloutConfig
 from attune.serving.decision_log import DecisionLog, ParquetSink
 from attune.serving.redact import redact_locations
 from attune.serving.service import Explainer, RankingService
+from attune.settings import borrower_salt
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _default_collaborators(args: AppArgs, replica_id: str) -> dict[str, Any]:
     from attune.serving.registry_explainer import RegistryExplainer
 
     # First: a default or short salt where real borrowers are served fails the deploy.
-    salt = auth.borrower_salt(
+    salt = borrower_salt(
         strict=auth.salt_required(args.auth, args.store_uri(), args.registry_uri())
     )
     metrics = RayServeMetrics()

@@ -25,6 +25,7 @@ versions even while aliases move.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -190,7 +191,9 @@ def plan(request: RolloutRequest, registry: Registry, current: RolloutConfig) ->
         version = _checked(registry, request.version)
         move("canary", version)
         same = current.canary is not None and registry.resolve(current.canary) == version
-        salt = current.salt if same else f"canary-{version}"
+        # a new canary draws a new, unguessable population: the salt is recorded in the
+        # config (batch ranking and outcomes read it there), never served
+        salt = current.salt if same else f"canary-{version}-{secrets.token_hex(8)}"
         return current.model_copy(
             update={"canary": version, "canary_percent": request.percent, "salt": salt}
         )

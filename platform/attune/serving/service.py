@@ -626,7 +626,7 @@ class RankingService:
         return ModelsResponse(
             replica=self.replica_id,
             models=models,
-            salt=state.split.salt,
+            salt_fingerprint=state.split.fingerprint,
             rollbacks=list(self._events.rollbacks),
             refused=list(self._events.refused),
             shadow_dropped=self._events.shadow_dropped,

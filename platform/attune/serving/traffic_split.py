@@ -19,6 +19,7 @@ that a log reader cannot recompute arm assignment from it, nor the borrower id.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,3 +65,12 @@ class TrafficSplit:
         if self.shadow_share >= 1.0:
             return True
         return bucket(request_key, f"shadow/{self.salt}") < self.shadow_share
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the salt without giving it away: equal on every replica of one rollout.
+
+        ``/v1/models`` serves this, never the salt: whoever knows the salt can compute
+        which borrowers are on the canary and aim crafted requests at it.
+        """
+        return hashlib.sha256(f"attune-salt:{self.salt}".encode()).hexdigest()[:12]
