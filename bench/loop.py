@@ -1,7 +1,7 @@
 """The learning loop over many seeded simulator histories: is the off-policy gate right?
 
-    python bench/loop.py [--seeds 6] [--borrowers 6000] [--months 12] [--iterations 3]
-                         [--requests 1500] [--trials 2] [--plot loop.png] [--quick]
+    python bench/loop.py [--seeds 6] [--borrowers 10000] [--months 12] [--iterations 3]
+                         [--requests 1200] [--trials 2] [--plot loop.png] [--quick]
 
 For each seed: generate a history, preprocess it (Ray Data), train a champion on the
 legacy logs (Ray Tune), then run the learning loop (attune.demo.loop) against the
@@ -71,6 +71,14 @@ def _one_seed(args: argparse.Namespace, seed: int, root: Path) -> list[dict[str,
 
     champion = train("champion", seed)
     pool = load_pool(features)
+    needed = 2 * args.iterations * args.requests  # an exploring and a canary phase per turn
+    distinct = len(set(pool.borrower_id.tolist()))
+    if distinct < needed:  # a loop never serves a borrower twice
+        raise SystemExit(
+            f"seed {seed}: the test split has {distinct} distinct borrowers; --iterations "
+            f"{args.iterations} x 2 phases x --requests {args.requests} needs {needed} "
+            "(raise --borrowers or lower --requests)"
+        )
     environment, truth = simulator(pool, histories, seed=seed)
     registry = Registry(registry_uri)
     registry.set_alias("champion", champion, by="bench", justification="bench", override=True)
@@ -181,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--first-seed", type=int, default=9001, help="Seeds the tests don't use.")
-    parser.add_argument("--borrowers", type=int, default=6000)
+    parser.add_argument("--borrowers", type=int, default=10000)
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--max-rounds", type=int, default=150)
     parser.add_argument("--plot", default=None, help="Write a PNG here.")
