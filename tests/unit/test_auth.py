@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI
 from fastapi import Request as FastAPIRequest
 from fastapi.responses import JSONResponse
 
-from attune.errors import AttuneError, ConfigError
+from attune.errors import AttuneError, ConfigError, Unauthorized
 from attune.serving import auth
 from attune.serving.config import AppArgs
 from attune.settings import borrower_salt, get_settings
@@ -253,7 +253,7 @@ def test_the_raw_header_check_of_the_ranking_route_follows_the_dependency(
     if problem is None:
         auth.check_header(header)
         return
-    with pytest.raises(auth.Unauthorized) as err:
+    with pytest.raises(Unauthorized) as err:
         auth.check_header(header)
     assert err.value.problem.startswith(problem) and err.value.status_code == 401
     token_env(None)

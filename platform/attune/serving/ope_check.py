@@ -109,7 +109,7 @@ def ope_check(
     """Estimate ``candidate`` and ``champion`` on the logged exploring decisions.
 
     Raises the registry's errors for unknown versions, StoreNotFound for missing logs,
-    and :class:`attune.experiments.validation.ArgumentError` for malformed logs.
+    and :class:`attune.errors.ArgumentError` for malformed logs.
     """
     decisions = _read(decisions_uri, [*_DECISION_COLUMNS, "propensities"])
     outcomes = _read(outcomes_uri)
