@@ -2,7 +2,8 @@
 
     nice python bench/scale.py [--sizes 100000 300000] [--big] [--months 12] [--workdir DIR]
 
-``--big`` adds the 1M-borrower run (about 40 minutes on a 2-core machine). Each stage
+``--big`` adds the 1M-borrower run (about 16 minutes of Ray stages on a 2-core machine,
+without baselines; with ``--sizes 100000`` the whole run took 20 minutes). Each stage
 runs in a child process of its own on a fresh local Ray (``--cpus``, object store capped
 at ``--object-store-gb``: beyond it Ray spills to disk), and a sampler adds up the
 memory (PSS) of the child's whole process tree every 0.2 s: raylet, workers and the
