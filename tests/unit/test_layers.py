@@ -10,6 +10,7 @@ line that does it. Every import counts: module level, inside functions, and unde
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,13 @@ def unit_of(module: str) -> str | None:
     return parts[1]
 
 
-def units_on_disk() -> set[str]:
-    return {
+@functools.cache
+def units_on_disk() -> frozenset[str]:
+    return frozenset(
         path.stem if path.is_file() else path.name
         for path in PACKAGE.iterdir()
         if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()
-    }
+    )
 
 
 def imports_of(path: Path) -> list[Import]:
@@ -91,8 +93,9 @@ def imports_in(source: str, relative: Path) -> list[Import]:
     return found
 
 
-def all_imports() -> list[Import]:
-    return [found for path in sorted(PACKAGE.rglob("*.py")) for found in imports_of(path)]
+@functools.cache
+def all_imports() -> tuple[Import, ...]:
+    return tuple(found for path in sorted(PACKAGE.rglob("*.py")) for found in imports_of(path))
 
 
 def test_every_unit_has_one_layer_in_the_map() -> None:

@@ -185,11 +185,10 @@ def _run_on_ray(config: OutcomesConfig, rewards: RewardConfig, *, progress: bool
     import ray
 
     from attune.runtime import init_ray
-    from attune.settings import get_settings
 
     started = not ray.is_initialized()
-    if started:  # the submitted code on every worker, worker logs in `ray job logs`
-        init_ray(get_settings().ray_address)
+    if started:  # RAY_ADDRESS or a local Ray; the submitted code and logs on every worker
+        init_ray(None)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     staging = config.out.rstrip("/") + f".work-{uuid.uuid4().hex[:8]}"
     try:
