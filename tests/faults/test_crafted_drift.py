@@ -81,6 +81,7 @@ def test_crafted_vectors_on_canary_borrowers_do_not_roll_back_a_healthy_canary(
     from attune.serving.config import RolloutConfig
     from attune.serving.guardrails import GuardrailBounds
     from attune.serving.rollout import deployed_config, rollout_of, update_rollout
+    from attune.serving.traffic_split import salt_fingerprint
 
     app = fault_app
     champ, cand = app.versions["champ"], app.versions["cand"]
@@ -111,7 +112,8 @@ def test_crafted_vectors_on_canary_borrowers_do_not_roll_back_a_healthy_canary(
     def canary_everywhere() -> bool:
         stats = app.replica_stats()
         return all(
-            s["salt"] == rollout.salt and {m["role"] for m in s["models"]} == {"champion", "canary"}
+            s["salt_fingerprint"] == salt_fingerprint(rollout.salt)
+            and {m["role"] for m in s["models"]} == {"champion", "canary"}
             for s in stats.values()
         )
 

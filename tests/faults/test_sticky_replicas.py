@@ -34,6 +34,7 @@ def test_every_replica_gives_a_borrower_the_same_arm(
     from attune.serving.config import RolloutConfig
     from attune.serving.guardrails import GuardrailBounds
     from attune.serving.rollout import update_rollout
+    from attune.serving.traffic_split import salt_fingerprint
 
     app = fault_app
     assert len(app.wait_replicas(2)) == 2
@@ -48,7 +49,7 @@ def test_every_replica_gives_a_borrower_the_same_arm(
 
     def applied() -> bool:
         stats = app.replica_stats()
-        return all(s["salt"] == rollout.salt for s in stats.values())
+        return all(s["salt_fingerprint"] == salt_fingerprint(rollout.salt) for s in stats.values())
 
     wait_for(applied, timeout=90, what="every replica on the sticky rollout")
     try:

@@ -112,10 +112,11 @@ class HttpEndpoint:
 
     def apply(self, rollout: RolloutConfig) -> None:
         from attune.serving.rollout import update_rollout
+        from attune.serving.traffic_split import salt_fingerprint
 
         update_rollout(self.app, lambda _: rollout)
         deadline = time.monotonic() + 120
-        while self._call("GET", "/v1/models")["salt"] != rollout.salt:
+        while self._call("GET", "/v1/models")["salt_fingerprint"] != salt_fingerprint(rollout.salt):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rollout {rollout.salt!r} did not reach the replicas")
             time.sleep(0.25)

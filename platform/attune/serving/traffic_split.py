@@ -30,6 +30,11 @@ Arm = Literal["champion", "canary"]
 ARMS: tuple[Arm, ...] = ("champion", "canary")
 
 
+def salt_fingerprint(salt: str) -> str:
+    """What ``/v1/models`` serves for a rollout salt: equal for equal salts, not reversible."""
+    return hashlib.sha256(f"attune-salt:{salt}".encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class TrafficSplit:
     """Shares of traffic for one rollout step (values in ``[0, 1]``).
@@ -73,4 +78,4 @@ class TrafficSplit:
         ``/v1/models`` serves this, never the salt: whoever knows the salt can compute
         which borrowers are on the canary and aim crafted requests at it.
         """
-        return hashlib.sha256(f"attune-salt:{self.salt}".encode()).hexdigest()[:12]
+        return salt_fingerprint(self.salt)
