@@ -17,8 +17,9 @@ of the work that introduced this bench are checked at the end: share >= 0.92 at 
 borrowers and >= 0.85 at 6k, interval coverage in >= 90 % of runs, and mix within
 5 points for every option. Writes ``quality.json`` and ``quality.png`` to ``--out``.
 
-Seeds 101 and up are not used by the tests. Starts a local Ray unless ``RAY_ADDRESS``
-names one. Run it with ``nice``: it is CPU-bound for minutes per size.
+Each winner also gets the fairness gate's verdict on the test split, as the registry
+records it for a version. Seeds 101 and up are not used by the tests. Starts a local
+Ray unless ``RAY_ADDRESS`` names one. Run it with ``nice``: it is CPU-bound for minutes per size.
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ GOAL_MIX_POINTS = 5.0
 
 
 def _prepare(borrowers: int, seed: int, work: Path) -> Path:
-    """Generate and preprocess one history (reused when already there)."""
+    """Generate and preprocess one history (each stage reused when already complete)."""
     root = work / f"b{borrowers}-s{seed}"
     if (root / "features" / "manifest.json").exists():
         return root
     attune = [sys.executable, "-m", "attune.cli"]
-    generate = ["generate", "--borrowers", str(borrowers), "--months", "12", "--seed", str(seed)]
-    generate += ["--out", str(root / "histories"), "--quiet", "--overwrite"]
-    subprocess.run([*attune, *generate], check=True, stdout=subprocess.DEVNULL)
+    if not (root / "histories" / "manifest.json").exists():
+        generate = ["generate", "--borrowers", str(borrowers), "--months", "12"]
+        generate += ["--seed", str(seed), "--out", str(root / "histories"), "--quiet"]
+        subprocess.run([*attune, *generate, "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     preprocess = ["preprocess", "--histories", str(root / "histories")]
     preprocess += ["--out", str(root / "features")]
     subprocess.run(
@@ -68,6 +70,8 @@ def _winner_booster(trial: Any, best_round: int, store: str) -> Any:
 def _evaluate(booster: Any, dataset: Any, histories: str, seed: int) -> dict[str, Any]:
     import numpy as np
 
+    from attune.governance.gates.fairness_gate import check_fairness
+    from attune.governance.version_files import serving_fairness
     from attune.simulator.ground_truth import load_ground_truth, policy_values
     from attune.training import evaluate
     from attune.training.policy_value import estimate_value, logged_slates
@@ -88,9 +92,11 @@ def _evaluate(booster: Any, dataset: Any, histories: str, seed: int) -> dict[str
     test_true = report.values["model"]
     # The test split's own logged slates were not used to select: an honest estimate.
     test_log = logged_slates(test, dataset.spec)
-    test_estimate = estimate_value(
-        test_log, score(test_log.presentations.candidates), seed=seed
-    ).to_dict()
+    honest = estimate_value(test_log, score(test_log.presentations.candidates), seed=seed)
+    fairness = serving_fairness(
+        test=test, feature_names=dataset.spec.names, score=score, histories=histories
+    )
+    gate = check_fairness(fairness).model_dump(mode="json") if fairness is not None else None
     gaps = {
         o: 100.0 * (report.model_top1_mix[o] - report.oracle_top1_mix[o])
         for o in report.model_top1_mix
@@ -102,13 +108,14 @@ def _evaluate(booster: Any, dataset: Any, histories: str, seed: int) -> dict[str
         "estimate": estimate.to_dict(),
         "covers_test_true": estimate.ci_low <= test_true <= estimate.ci_high,
         "covers_valid_true": estimate.ci_low <= valid_true <= estimate.ci_high,
-        "test_estimate": test_estimate,
-        "test_estimate_covers": test_estimate["ci_low"] <= test_true <= test_estimate["ci_high"],
+        "test_estimate": honest.to_dict(),
+        "test_estimate_covers": honest.ci_low <= test_true <= honest.ci_high,
         "mix_gap_points": gaps,
         "max_mix_gap": max(abs(g) for g in gaps.values()),
         "model_mix": report.model_top1_mix,
         "oracle_mix": report.oracle_top1_mix,
         "values": report.values,
+        "fairness_gate": gate,
     }
 
 
@@ -165,8 +172,9 @@ def _table(runs: list[dict[str, Any]]) -> str:
     from rich.table import Table
 
     table = Table(title="test-split truth of NDCG-selected vs value-selected winners")
-    columns = ("borrowers", "seed", "rule", "objective", "share of oracle lift")
+    columns: tuple[str, ...] = ("borrowers", "seed", "rule", "objective", "share of oracle lift")
     columns += ("valid estimate [95% CI]", "true test value", "covers", "max mix gap (pts)")
+    columns += ("fairness gate",)
     for c in columns:
         table.add_column(c, justify="right")
     for run in runs:
@@ -183,12 +191,19 @@ def _table(runs: list[dict[str, Any]]) -> str:
                 f"{r['test_true']:.4f}",
                 "yes" if r["covers_test_true"] else "no",
                 f"{r['max_mix_gap']:.1f}",
+                _gate_cell(r.get("fairness_gate")),
             )
     console = Console(record=True, width=150)
     console.print(table)
     for line in _goals(runs):
         console.print(line)
     return console.export_text()
+
+
+def _gate_cell(gate: dict[str, Any] | None) -> str:
+    if gate is None:
+        return "no protected table"
+    return "passed" if gate["passed"] else f"refused ({len(gate['reasons'])} bounds)"
 
 
 def _goals(runs: list[dict[str, Any]]) -> list[str]:
@@ -212,6 +227,17 @@ def _goals(runs: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"test-split estimate (not used to select) covers it in "
             f"{sum(honest) / len(honest):.0%} of {len(honest)} runs"
+        )
+    gates = [(r["borrowers"], r["value"].get("fairness_gate")) for r in runs]
+    judged = [(size, g) for size, g in gates if g is not None]
+    if judged:
+        refused = [
+            f"{size // 1000}k: {'; '.join(g['reasons'])}" for size, g in judged if not g["passed"]
+        ]
+        lines.append(
+            f"fairness gate on the value-selected winner: passed in "
+            f"{len(judged) - len(refused)} of {len(judged)} runs"
+            + "".join(f"\n  refused at {r}" for r in refused)
         )
     gaps = [r["value"]["max_mix_gap"] for r in runs]
     lines.append(

@@ -69,7 +69,6 @@ def governance_files(
     from attune.governance import plots
     from attune.governance.drift import drift_reference
     from attune.governance.explain import explanation_summary
-    from attune.governance.fairness import fairness_report
     from attune.governance.gates.fairness_gate import check_fairness
     from attune.governance.model_card import (
         governance_record,
@@ -85,25 +84,14 @@ def governance_files(
         "drift_reference.json": storage.json_bytes(drift),
         "plots/explanations.png": plots.explanation_png(explanations),
     }
-    protected_uri = storage.join(histories, "protected")
-    if not storage.list_uris(protected_uri):
-        why = f"no protected table under {protected_uri}"
+    fairness = serving_fairness(test=test, feature_names=names, score=score, histories=histories)
+    if fairness is None:
+        why = f"no protected table under {storage.join(histories, 'protected')}"
         card = render_basic_card(
             params=dict(params), metrics=dict(metrics), parity=dict(parity), lineage=dict(lineage)
         )
         files["model_card.md"] = card.encode()
         return files, {"fairness.json": why, "governance.json": why}
-    at_serving = test.X.copy()
-    if "position" in names:
-        at_serving[:, names.index("position")] = 1.0
-    fairness = fairness_report(
-        scores=score(at_serving),
-        qid=test.qid,
-        option_ids=test.option_id,
-        labels=test.label,
-        borrower_ids=test.borrower_id,
-        protected=_read_parquet_dir(protected_uri),
-    )
     record = governance_record(
         # The registry names a version by the hash of its files, this record among them,
         # so the record carries the experiment name; the registry maps it to the id.
@@ -137,6 +125,32 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
         out[f"share of oracle lift: {policy}"] = metrics["share_of_oracle_lift"][policy]
     out["validation ndcg@3"] = metrics["validation"]["ndcg@3"]
     return dict(storage.to_jsonable(out))
+
+
+def serving_fairness(
+    *, test: HeldOutSplit, feature_names: Sequence[str], score: Scorer, histories: str
+) -> dict[str, Any] | None:
+    """The fairness report of ``test`` scored as serving scores it (all at position 1).
+
+    ``None`` when the histories hold no protected table (``<histories>/protected``).
+    """
+    from attune.governance.fairness import fairness_report
+
+    protected_uri = storage.join(histories, "protected")
+    if not storage.list_uris(protected_uri):
+        return None
+    names = list(feature_names)
+    at_serving = test.X.copy()
+    if "position" in names:
+        at_serving[:, names.index("position")] = 1.0
+    return fairness_report(
+        scores=score(at_serving),
+        qid=test.qid,
+        option_ids=test.option_id,
+        labels=test.label,
+        borrower_ids=test.borrower_id,
+        protected=_read_parquet_dir(protected_uri),
+    )
 
 
 def _read_parquet_dir(uri: str) -> Any:
