@@ -119,6 +119,41 @@ def _evaluate(booster: Any, dataset: Any, histories: str, seed: int) -> dict[str
     }
 
 
+def _reference_gates(dataset: Any, histories: str, seed: int) -> dict[str, Any]:
+    """The fairness gate on the same test rows ranked by the oracle and at random.
+
+    The oracle ranks each presentation's logged options by their true value (the
+    simulator's ground truth), so a refusal of the oracle is a refusal of the outcomes
+    themselves, not of a model. ``None`` for a history without a protected table.
+    """
+    import numpy as np
+
+    from attune.data.schema import OPTION_IDS
+    from attune.governance.gates.fairness_gate import check_fairness
+    from attune.governance.version_files import serving_fairness
+    from attune.simulator.ground_truth import load_ground_truth
+
+    test = dataset["test"]
+    truth = load_ground_truth(histories)
+    column = {o: j for j, o in enumerate(OPTION_IDS)}
+    true_value = truth.subset(test.qid)[
+        np.arange(len(test.qid)), [column[o] for o in test.option_id]
+    ]
+    noise = np.random.default_rng(seed).random(len(test.qid))
+    rankings = {"oracle": true_value, "random": noise}
+    out: dict[str, Any] = {}
+    for name, values in rankings.items():
+
+        def fixed(_rows: Any, v: Any = values) -> Any:  # test.X's row order
+            return v
+
+        report = serving_fairness(
+            test=test, feature_names=dataset.spec.names, score=fixed, histories=histories
+        )
+        out[name] = check_fairness(report).model_dump(mode="json") if report else None
+    return out
+
+
 def _run_one(
     borrowers: int, seed: int, *, work: Path, trials: int, max_rounds: int, store: str
 ) -> dict[str, Any]:
@@ -149,6 +184,7 @@ def _run_one(
         storage_uri=store,
     )
     wall = time.perf_counter() - start
+    histories = str(root / "histories")
     finished = [t for t in sweep.trials if t.curve]
     by_ndcg = max(finished, key=lambda t: max(t.curve))
     ndcg_round = int(np.argmax(by_ndcg.curve)) + 1
@@ -162,8 +198,9 @@ def _run_one(
             "trial": trial.trial_id,
             "objective": trial.params["objective"],
             "rounds": rounds,
-            **_evaluate(booster, dataset, str(root / "histories"), seed),
+            **_evaluate(booster, dataset, histories, seed),
         }
+    out["reference_gates"] = _reference_gates(dataset, histories, seed)
     return out
 
 
