@@ -196,6 +196,22 @@ def test_bootstrap_intervals_bracket_the_estimate_and_follow_the_seed() -> None:
     assert first != other
 
 
+def test_the_ratio_interval_is_the_named_pairs_so_equal_groups_are_not_proven_apart() -> None:
+    """Six groups drawn alike: the range between the extreme groups is noise.
+
+    Re-taking the max and min across groups in every resample widens the range by
+    noise alone; the interval of the pair the point estimates name must still reach
+    the true ratio of 1 past four fifths.
+    """
+    rng = np.random.default_rng(7)
+    tops = {g: list(rng.choice(OPTIONS, 40)) for g in "abcdef"}
+    report = fairness_report(**_slates(tops), n_bootstrap=200, seed=0)  # type: ignore[arg-type]
+    for option in OPTIONS:
+        estimate = report["attributes"]["gender"]["exposure"][option]
+        assert estimate["ratio"]["value"] < 0.8, "the premise: noise alone breaks four fifths"
+        assert estimate["ratio"]["ci"][1] >= 0.8, (option, estimate["ratio"])
+
+
 def test_small_groups_are_suppressed_and_borrowers_without_a_row_are_missing() -> None:
     data = _slates({"f": ["payment_plan"] * 60, "m": ["pay_now"] * 60, "x": ["pay_now"] * 6})
     protected = data["protected"]

@@ -28,6 +28,7 @@ from attune.data.reader import read_history, read_table
 from attune.data.spec import default_spec
 from attune.governance.fairness import fairness_report
 from attune.governance.gates.fairness_gate import FairnessGateConfig, check_fairness
+from attune.governance.version_files import FAIRNESS_BOOTSTRAP, FAIRNESS_CI_LEVEL
 from attune.simulator.generator import GenerateConfig, generate
 
 BORROWERS, MONTHS, SEED = 1_200, 6, 1
@@ -84,6 +85,8 @@ def _report(
         labels=test["label"],
         borrower_ids=test["borrower_id"],
         protected=simulated["protected"],
+        ci_level=FAIRNESS_CI_LEVEL,  # the served report's level, which the gate judges
+        n_bootstrap=FAIRNESS_BOOTSTRAP,
     )
 
 

@@ -115,6 +115,8 @@ def test_with_a_protected_table_fairness_is_judged_at_serving_position(
     (scored,) = seen
     assert np.all(scored[:, POSITION] == 1.0) and np.any(split.X[:, POSITION] != 1.0)
     fairness = json.loads(files["fairness.json"])
+    # The level the gate judges at (95 % refused fair rankings by noise alone).
+    assert (fairness["ci_level"], fairness["n_bootstrap"]) == (0.99, 500)
     record = json.loads(files["governance.json"])
     assert record["version"] == "exp-1"
     assert record["fairness"]["passed"] == check_fairness(fairness).passed

@@ -22,17 +22,17 @@ Point estimates of exposure and the quality metrics come from fairlearn's
 :class:`~fairlearn.metrics.MetricFrame`; equal opportunity compares a different subset
 of groups per option (those with at least ``min_eligible`` eligible presentations), so
 its point estimates are the exact means of the same per-borrower sums the bootstrap
-resamples. Differences are max - min and ratios min / max over the compared groups.
-Intervals come from a bootstrap that resamples *borrowers* (a borrower's presentations
-are correlated), done in numpy (:mod:`attune.governance._group_stats`): MetricFrame's
-own ``n_boot`` took ~100 s for 200 resamples of 20k rows here. Groups smaller than
+resamples. Differences are max - min and ratios min / max over the compared groups;
+their intervals are those of the pair of groups the point estimates name. Intervals
+come from a bootstrap that resamples *borrowers* (a borrower's presentations are
+correlated), done in numpy (:mod:`attune.governance._group_stats`): MetricFrame's own
+``n_boot`` took ~100 s for 200 resamples of 20k rows here. Groups smaller than
 ``min_group_size`` presentations are suppressed (their size is reported, their figures
 are not: small cells are both noisy and re-identifying).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
@@ -440,12 +440,14 @@ def _summary(
             min_group, max_group = low, high
             ratio = known[low] / known[high]
         diff = known[high] - known[low]
-        stacked = [group_boot[g] for g in compared]
-        if all(s is not None for s in stacked):
-            per_group = np.stack([s[:, j] for s in stacked if s is not None], axis=1)
-            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
-                hi, lo = np.nanmax(per_group, axis=1), np.nanmin(per_group, axis=1)
+        # The interval is the named pair's (the groups lowest and highest in the point
+        # estimates), resampled as a pair: re-taking the max and min across groups in
+        # every resample would widen the range with noise alone, so that groups equal
+        # in truth would show a ratio interval wholly below four fifths.
+        pair_low, pair_high = group_boot[low], group_boot[high]
+        if pair_low is not None and pair_high is not None:
+            lo, hi = pair_low[:, j], pair_high[:, j]
+            with np.errstate(divide="ignore", invalid="ignore"):
                 diff_ci = interval(hi - lo, quantiles)
                 ratio_ci = interval(np.where(hi > 0, lo / hi, np.nan), quantiles)
     return MetricSummary(
